@@ -1,0 +1,155 @@
+"""Turn an AugmentConfig into the batch augmentation callable and the batch mixer.
+
+The per-image ops run on [0, 1] batches before normalization, in the fixed order crop, flip,
+policy, color jitter, rotation, perspective, erasing, cutout. Mixing runs after normalization
+and lives in its own object (`build_mixer`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from cifarkit.augment import color, erasing, geometric, mixing, policies
+from cifarkit.config import AugmentConfig
+
+Op = Callable[[Tensor, torch.Generator, int, "Tensor | None"], Tensor]
+
+
+@dataclass(frozen=True)
+class _Step:
+    name: str
+    run: Op
+
+
+class AugmentPipeline:
+    """augment(x01, *, generator, epoch, indices) -> x01 applying the configured per-image ops."""
+
+    def __init__(self, steps: list[_Step], description: list[str]) -> None:
+        self.steps = steps
+        self.description = description
+
+    @property
+    def op_names(self) -> list[str]:
+        return [step.name for step in self.steps]
+
+    def __call__(self, x01: Tensor, *, generator: torch.Generator, epoch: int = 0,
+                 indices: Tensor | None = None) -> Tensor:
+        geometric.check_batch(x01, "augment")
+        channels_last = x01.is_contiguous(memory_format=torch.channels_last) and not x01.is_contiguous()
+        out = x01
+        for step in self.steps:
+            out = step.run(out, generator, epoch, indices)
+        if channels_last:
+            out = out.contiguous(memory_format=torch.channels_last)
+        return out
+
+    def __repr__(self) -> str:
+        return f"AugmentPipeline({', '.join(self.op_names)})"
+
+
+def _alternating(seed: int) -> Op:
+    def run(x: Tensor, generator: torch.Generator, epoch: int, indices: Tensor | None) -> Tensor:
+        if indices is None:
+            raise ValueError("flip 'alternate' needs the dataset indices of the batch (indices=...)")
+        return geometric.alternating_flip(x, epoch, indices, seed)
+    return run
+
+
+def build_augment(cfg: AugmentConfig, mean: tuple[float, float, float], seed: int = 0) -> AugmentPipeline | None:
+    """The per-image augmentation of `cfg`, or None when it asks for none.
+
+    Erasing and cutout paint `mean` (the dataset mean, 0 after normalization); `seed` fixes the
+    per-index bits of the alternating flip.
+    """
+    cfg.validate()
+    fill = torch.tensor([float(m) for m in mean])
+    steps: list[_Step] = []
+
+    def add(name: str, run: Op) -> None:
+        steps.append(_Step(name, run))
+
+    if cfg.crop_padding > 0:
+        add("crop", lambda x, g, e, i: geometric.random_crop(x, cfg.crop_padding, g, cfg.crop_mode))
+    if cfg.flip == "random":
+        add("flip", lambda x, g, e, i: geometric.random_flip(x, g))
+    elif cfg.flip == "alternate":
+        add("flip", _alternating(seed))
+    if cfg.policy == "autoaugment":
+        add("autoaugment", lambda x, g, e, i: policies.autoaugment_cifar10(x, g))
+    elif cfg.policy == "randaugment":
+        add("randaugment", lambda x, g, e, i: policies.randaugment(x, cfg.randaugment_ops, cfg.randaugment_magnitude, g))
+    elif cfg.policy == "trivialaugment":
+        add("trivialaugment", lambda x, g, e, i: policies.trivialaugment(x, g))
+    if any(v > 0 for v in cfg.color_jitter):
+        b, c, s, h = cfg.color_jitter
+        add("color_jitter", lambda x, g, e, i: color.color_jitter(x, b, c, s, h, g))
+    if cfg.rotation > 0:
+        add("rotation", lambda x, g, e, i: geometric.random_rotation(x, cfg.rotation, g))
+    if cfg.perspective > 0 and cfg.perspective_p > 0:
+        add("perspective", lambda x, g, e, i: geometric.random_perspective(x, cfg.perspective, cfg.perspective_p, g))
+    if cfg.erasing_p > 0:
+        add("erasing", lambda x, g, e, i: erasing.random_erasing(
+            x, cfg.erasing_p, cfg.erasing_scale, cfg.erasing_ratio, fill.to(x.device), g))
+    if cfg.cutout > 0:
+        add("cutout", lambda x, g, e, i: erasing.cutout(x, cfg.cutout, fill.to(x.device), g))
+    if not steps:
+        return None
+    return AugmentPipeline(steps, describe_augment(cfg))
+
+
+def build_mixer(cfg: AugmentConfig, num_classes: int) -> mixing.Mixer | None:
+    """The batch mixer of `cfg`, or None when MixUp and CutMix are both off."""
+    if cfg.mixup_p <= 0 and cfg.cutmix_p <= 0:
+        return None
+    return mixing.Mixer(num_classes, cfg.mixup_p, cfg.mixup_alpha, cfg.cutmix_p, cfg.cutmix_alpha,
+                        decay=cfg.mix_decay, until=cfg.mix_until)
+
+
+def _range(values: list[float]) -> str:
+    return f"{values[0]:g}-{values[1]:g}"
+
+
+def describe_augment(cfg: AugmentConfig) -> list[str]:
+    """Human-readable list of the active ops (per-image ops first, then batch mixing), for logs."""
+    lines = []
+    if cfg.crop_padding > 0:
+        lines.append(f"random crop (padding {cfg.crop_padding}, {cfg.crop_mode})")
+    if cfg.flip == "random":
+        lines.append("horizontal flip (random, p 0.5)")
+    elif cfg.flip == "alternate":
+        lines.append("horizontal flip (alternating between epochs)")
+    if cfg.policy == "autoaugment":
+        lines.append("AutoAugment (CIFAR10 policy)")
+    elif cfg.policy == "randaugment":
+        lines.append(f"RandAugment ({cfg.randaugment_ops} ops, magnitude {cfg.randaugment_magnitude}/30)")
+    elif cfg.policy == "trivialaugment":
+        lines.append("TrivialAugmentWide")
+    if any(v > 0 for v in cfg.color_jitter):
+        b, c, s, h = cfg.color_jitter
+        lines.append(f"color jitter (brightness {b:g}, contrast {c:g}, saturation {s:g}, hue {h:g})")
+    if cfg.rotation > 0:
+        lines.append(f"rotation (+-{cfg.rotation:g} degrees)")
+    if cfg.perspective > 0 and cfg.perspective_p > 0:
+        lines.append(f"perspective (distortion {cfg.perspective:g}, p {cfg.perspective_p:g})")
+    if cfg.erasing_p > 0:
+        lines.append(f"random erasing (p {cfg.erasing_p:g}, scale {_range(cfg.erasing_scale)}, "
+                     f"ratio {_range(cfg.erasing_ratio)}, fill mean)")
+    if cfg.cutout > 0:
+        lines.append(f"cutout ({cfg.cutout}x{cfg.cutout}, fill mean)")
+    schedule = ""
+    if cfg.mix_decay == "linear":
+        schedule = f", alpha decays linearly to 0 at {cfg.mix_until:.0%} of training"
+    elif cfg.mix_until < 1:
+        schedule = f", until {cfg.mix_until:.0%} of training"
+    if cfg.mixup_p > 0:
+        lines.append(f"MixUp (p {cfg.mixup_p:g}, alpha {cfg.mixup_alpha:g}{schedule})")
+    if cfg.cutmix_p > 0:
+        lines.append(f"CutMix (p {cfg.cutmix_p:g}, alpha {cfg.cutmix_alpha:g}{schedule})")
+    return lines
+
+
+__all__ = ["AugmentPipeline", "build_augment", "build_mixer", "describe_augment"]

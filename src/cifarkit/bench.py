@@ -1,0 +1,106 @@
+"""`cifarkit bench`: train a recipe over several seeds and write accuracy and timing as JSON.
+
+Timing follows the speed-run records: the data is decoded and on the device before the clock
+starts; the clock covers every training step and the final test-time-augmented evaluation, with
+the device synchronized before each reading. A warm-up run (kernel selection, torch.compile) is
+timed separately and reported on its own.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from cifarkit.config import load_recipe, recipe_to_dict
+from cifarkit.data.prepare import make_loader, prepare_data
+from cifarkit.evaluate.metrics import accuracy
+from cifarkit.evaluate.report import autocast_dtype
+from cifarkit.evaluate.tta import predict_probs
+from cifarkit.fsio import write_json
+from cifarkit.models.registry import flops_per_image
+from cifarkit.rundir import RunDir
+from cifarkit.runinfo import resolve_device, run_record
+from cifarkit.stats import describe, one_sided_p_value
+from cifarkit.train.run import build_trainer
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_one_seed(recipe, data, device, test_loader, log) -> dict:
+    """Train and evaluate one seed; returns accuracy and the seconds of each phase."""
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = build_trainer(recipe, data, RunDir(tmp), device, log=lambda m: None, persist=False)
+        _sync(device)
+        start = time.perf_counter()
+        summary = trainer.fit()
+        _sync(device)
+        trained = time.perf_counter()
+        probs = predict_probs(trainer.model, test_loader, mode=recipe.eval.tta, device=device,
+                              autocast_dtype=autocast_dtype(recipe, device), batch_size=recipe.eval.batch_size)
+        _sync(device)
+        end = time.perf_counter()
+    acc = accuracy(probs.cpu().numpy(), data.arrays.test_labels)
+    return {"seed": recipe.seed, "accuracy": acc, "train_seconds": trained - start, "eval_seconds": end - trained,
+            "seconds": end - start, "steps": summary["steps"]}
+
+
+def run_benchmark(recipe_name: str, *, seeds: int = 3, overrides: list[str] | None = None, data_dir=None,
+                  out=None, first_seed: int = 0, log: Callable[[str], None] = print) -> dict:
+    base = load_recipe(recipe_name, overrides)
+    device = resolve_device(base.device)
+    data = prepare_data(base.data, data_dir, log=log)
+    test_loader = make_loader(data.arrays.test_images, data.arrays.test_labels, base, device,
+                              mean=data.mean, std=data.std, train=False)
+
+    warm_recipe = load_recipe(recipe_name, (overrides or []) + ["train.epochs=1", f"device={device.type}"])
+    _sync(device)
+    t0 = time.perf_counter()
+    time_one_seed(warm_recipe, data, device, test_loader, log)
+    warmup_seconds = time.perf_counter() - t0
+    log(f"warm-up (1 epoch, compile and kernel selection): {warmup_seconds:.1f}s")
+
+    runs = []
+    for seed in range(first_seed, first_seed + seeds):
+        recipe = load_recipe(recipe_name, (overrides or []) + [f"seed={seed}", f"device={device.type}"])
+        result = time_one_seed(recipe, data, device, test_loader, log)
+        runs.append(result)
+        log(f"seed {seed}: accuracy {result['accuracy']:.4f} in {result['seconds']:.2f}s "
+            f"(train {result['train_seconds']:.2f}s, eval {result['eval_seconds']:.2f}s)")
+
+    accs = [r["accuracy"] for r in runs]
+    times = [r["seconds"] for r in runs]
+    train_images = len(data.train_idx) // base.train.batch_size * base.train.batch_size * base.train.epochs
+    from cifarkit.models.registry import build_model
+    fwd_flops = flops_per_image(build_model(base.model, data.num_classes))
+    train_time = statistics.median(r["train_seconds"] for r in runs)
+    result = {
+        "recipe": base.name, "device": str(device), "seeds": [r["seed"] for r in runs], "runs": runs,
+        "accuracy": describe(accs), "seconds": describe(times),
+        "target_accuracy": base.target_accuracy,
+        "p_value_mean_above_target": (one_sided_p_value(accs, base.target_accuracy)
+                                      if base.target_accuracy is not None else None),
+        "warmup_seconds": warmup_seconds,
+        "train_images_per_second": train_images / train_time,
+        "forward_flops_per_image": fwd_flops,
+        "training_flops_per_second": 3 * fwd_flops * train_images / train_time,
+        "timing": "first training step to end of the final TTA evaluation; data decoded and on the device",
+        "recipe_resolved": recipe_to_dict(base), **run_record(device),
+    }
+    out = Path(out) if out else Path("benchmarks") / "results" / f"{base.name}-{device.type}.json"
+    write_json(out, result)
+    a, s = result["accuracy"], result["seconds"]
+    log(f"{base.name} on {device}: accuracy {a['mean']:.4f} +- {a['std']:.4f} over {a['n']} seeds, "
+        f"median {s['median']:.2f}s; wrote {out}")
+    return result
+
+
+__all__ = ["run_benchmark", "time_one_seed", "np"]

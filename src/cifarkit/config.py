@@ -1,0 +1,275 @@
+"""The typed recipe: dataclasses, YAML load/dump and `--set key=value` overrides.
+
+A recipe is data. Loading validates every key (unknown keys name the nearest valid one), every
+type and every range, so a bad recipe fails before any work starts.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from cifarkit.errors import ConfigError
+from cifarkit.models.specs import MODEL_SPECS, ModelSpec, ResNetSpec
+from cifarkit.schema import check, coerce, parse_dataclass, to_dict, unknown_key_error
+
+Precision = Literal["fp32", "bf16", "fp16"]
+
+
+@dataclass
+class DataConfig:
+    dataset: Literal["cifar10", "cifar100"] = "cifar10"
+    val_size: int = 5000                  # held-out, stratified; 0 = train on all 50k
+    split_seed: int = 0                   # the split stays fixed across training seeds
+    download: bool = True                 # fetch over HTTPS when no local copy is found
+    verify: bool = True                   # check CIFAR-10 pixels and labels by content hash
+
+    def validate(self) -> None:
+        check(0 <= self.val_size < 50000, "'data.val_size' must be in [0, 50000)")
+
+
+@dataclass
+class AugmentConfig:
+    """Applied per image, in this order: crop, flip, policy, color jitter, rotation, perspective,
+    erasing, cutout. Mixing (MixUp/CutMix) acts on whole batches after normalization."""
+
+    crop_padding: int = 4                 # random crop after padding by this many pixels; 0 = off
+    crop_mode: Literal["zeros", "reflect"] = "zeros"
+    flip: Literal["none", "random", "alternate"] = "random"   # alternate: flip every other epoch per image
+    policy: Literal["none", "autoaugment", "randaugment", "trivialaugment"] = "none"
+    randaugment_ops: int = 2
+    randaugment_magnitude: int = 9
+    color_jitter: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])  # brightness, contrast, saturation, hue
+    rotation: float = 0.0                 # degrees, uniform in [-r, r]
+    perspective: float = 0.0              # distortion scale; 0 = off
+    perspective_p: float = 0.5
+    erasing_p: float = 0.0                # RandomErasing, fill = dataset mean (0 after normalization)
+    erasing_scale: list[float] = field(default_factory=lambda: [0.02, 0.33])
+    erasing_ratio: list[float] = field(default_factory=lambda: [0.3, 3.3])
+    cutout: int = 0                       # square side in pixels; 0 = off
+    mixup_p: float = 0.0                  # per batch: MixUp with probability mixup_p,
+    mixup_alpha: float = 1.0              #   else CutMix with probability cutmix_p, else nothing
+    cutmix_p: float = 0.0
+    cutmix_alpha: float = 1.0
+    mix_decay: Literal["none", "linear"] = "none"   # linear: alphas fall to 0 at mix_until
+    mix_until: float = 1.0                # fraction of training after which mixing is off
+
+    def validate(self) -> None:
+        check(0 <= self.crop_padding <= 16, "'augment.crop_padding' must be in [0, 16]")
+        check(len(self.color_jitter) == 4, "'augment.color_jitter' must be [brightness, contrast, saturation, hue]")
+        check(all(v >= 0 for v in self.color_jitter), "'augment.color_jitter' entries must be >= 0")
+        check(self.color_jitter[3] <= 0.5, "'augment.color_jitter' hue must be <= 0.5")
+        check(0 <= self.rotation <= 180, "'augment.rotation' must be in [0, 180] degrees")
+        check(0 <= self.perspective <= 1, "'augment.perspective' must be in [0, 1]")
+        check(0 <= self.randaugment_magnitude <= 30, "'augment.randaugment_magnitude' must be in [0, 30]")
+        check(self.randaugment_ops >= 1, "'augment.randaugment_ops' must be >= 1")
+        check(0 <= self.cutout <= 32, "'augment.cutout' must be in [0, 32]")
+        check(len(self.erasing_scale) == 2 and 0 < self.erasing_scale[0] <= self.erasing_scale[1] <= 1,
+              "'augment.erasing_scale' must be [low, high] with 0 < low <= high <= 1")
+        check(len(self.erasing_ratio) == 2 and 0 < self.erasing_ratio[0] <= self.erasing_ratio[1],
+              "'augment.erasing_ratio' must be [low, high] with 0 < low <= high")
+        for name in ("perspective_p", "erasing_p", "mixup_p", "cutmix_p", "mix_until"):
+            check(0 <= getattr(self, name) <= 1, f"'augment.{name}' must be in [0, 1]")
+        check(self.mixup_p + self.cutmix_p <= 1, "'augment.mixup_p' + 'augment.cutmix_p' must be <= 1")
+        check(self.mixup_alpha > 0 and self.cutmix_alpha > 0, "mixing alphas must be positive")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 128
+    optimizer: Literal["sgd", "adamw", "muon"] = "sgd"
+    lr: float = 0.1                       # peak learning rate
+    momentum: float = 0.9
+    nesterov: bool = False
+    dampening: float = 0.0
+    weight_decay: float = 5e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    no_decay_norm_bias: bool = False      # no weight decay on BN parameters and biases
+    bias_lr_scale: float = 1.0            # BN biases: lr x this, weight decay / this (lr x wd unchanged)
+    schedule: Literal["cosine", "onecycle", "step", "constant", "linear"] = "cosine"
+    warmup_epochs: float = 0.0            # linear warmup from warmup_start_lr (capped at epochs)
+    warmup_start_lr: float = 0.0
+    min_lr: float = 0.0                   # floor of cosine / linear decay
+    onecycle_pct_start: float = 0.1
+    step_epochs: int = 30                 # step schedule: multiply by step_gamma every step_epochs
+    step_gamma: float = 0.1
+    loss: Literal["ce", "focal"] = "ce"
+    label_smoothing: float = 0.0
+    focal_gamma: float = 1.0
+    precision: Precision = "bf16"
+    channels_last: bool = True
+    compile: bool = False
+    grad_clip: float = 0.0                # max global grad norm; 0 = off
+    ema_decay: float = 0.0                # per-step EMA of weights and BN buffers; 0 = off
+    lookahead_every: int = 0              # speed-run lookahead average every N steps; 0 = off
+    swa_start: float = 0.0                # fraction of training after which SWA averages each epoch; 0 = off
+    swa_lr: float | None = None           # constant lr during SWA; null = keep the schedule
+    early_stopping_patience: int = 0      # epochs without validation improvement; 0 = off
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+
+    def validate(self) -> None:
+        check(self.epochs >= 1, "'train.epochs' must be >= 1")
+        check(self.batch_size >= 1, "'train.batch_size' must be >= 1")
+        check(self.lr > 0, "'train.lr' must be positive")
+        check(0 <= self.momentum < 1, "'train.momentum' must be in [0, 1)")
+        check(0 <= self.dampening < 1, "'train.dampening' must be in [0, 1)")
+        check(self.weight_decay >= 0, "'train.weight_decay' must be >= 0")
+        check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "'train.betas' must be two values in [0, 1)")
+        check(self.warmup_epochs >= 0, "'train.warmup_epochs' must be >= 0")
+        check(self.warmup_start_lr >= 0 and self.min_lr >= 0, "learning-rate floors must be >= 0")
+        check(0 < self.onecycle_pct_start < 1, "'train.onecycle_pct_start' must be in (0, 1)")
+        check(self.step_epochs >= 1 and 0 < self.step_gamma <= 1, "'train.step_*' out of range")
+        check(0 <= self.label_smoothing < 1, "'train.label_smoothing' must be in [0, 1)")
+        check(self.focal_gamma >= 0, "'train.focal_gamma' must be >= 0")
+        check(self.grad_clip >= 0, "'train.grad_clip' must be >= 0")
+        check(self.bias_lr_scale > 0, "'train.bias_lr_scale' must be positive")
+        check(self.lookahead_every >= 0, "'train.lookahead_every' must be >= 0")
+        check(0 <= self.ema_decay < 1, "'train.ema_decay' must be in [0, 1)")
+        check(0 <= self.swa_start < 1, "'train.swa_start' must be in [0, 1)")
+        check(self.early_stopping_patience >= 0, "'train.early_stopping_patience' must be >= 0")
+        check(not (self.nesterov and self.dampening), "'train.nesterov' needs 'train.dampening: 0'")
+
+
+@dataclass
+class EvalConfig:
+    tta: Literal["none", "flip", "flip_translate", "view8"] = "flip"
+    batch_size: int = 1000
+    ensemble: list[str] = field(default_factory=list)   # e.g. [best, ema, swa]: averaged probabilities
+
+    def validate(self) -> None:
+        check(self.batch_size >= 1, "'eval.batch_size' must be >= 1")
+        for member in self.ensemble:
+            check(member in ("final", "best", "ema", "swa"),
+                  f"'eval.ensemble' members must be final, best, ema or swa, got '{member}'")
+
+
+@dataclass
+class Recipe:
+    name: str = "custom"
+    description: str = ""
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    budget: int = 5_000_000                # parameter budget; `allow_over_budget` lifts it
+    allow_over_budget: bool = False
+    target_accuracy: float | None = None   # speed recipes: the accuracy a benchmark tests against
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelSpec = field(default_factory=ResNetSpec)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> None:
+        check(self.budget > 0, "'budget' must be positive")
+        if self.target_accuracy is not None:
+            check(0 < self.target_accuracy < 1, "'target_accuracy' is a fraction in (0, 1)")
+        if self.data.val_size == 0:
+            check(self.train.early_stopping_patience == 0,
+                  "'train.early_stopping_patience' needs a validation split ('data.val_size' > 0)")
+
+
+RECIPE_SECTIONS = {f.name for f in dataclasses.fields(Recipe)}
+
+
+def recipe_from_dict(data: Any) -> Recipe:
+    if not isinstance(data, dict):
+        raise ConfigError(f"a recipe must be a mapping of sections, got {type(data).__name__}")
+    data = copy.deepcopy(data)
+    model = data.pop("model", None) or {}
+    if not isinstance(model, dict):
+        raise ConfigError("'model' must be a mapping")
+    arch = model.get("arch", "resnet")
+    if arch not in MODEL_SPECS:
+        raise ConfigError(f"unknown model.arch '{arch}'; choose one of {', '.join(MODEL_SPECS)}")
+    recipe = parse_dataclass(Recipe, data)
+    recipe.model = parse_dataclass(MODEL_SPECS[arch], model, "model.")
+    recipe.validate()
+    return recipe
+
+
+def recipe_to_dict(recipe: Recipe) -> dict:
+    return to_dict(recipe)
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False)
+
+
+def builtin_recipe_names() -> list[str]:
+    folder = resources.files("cifarkit") / "recipes"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def builtin_recipe_text(name: str) -> str:
+    path = resources.files("cifarkit") / "recipes" / f"{name}.yaml"
+    if not path.is_file():
+        raise unknown_key_error("recipe ", name, builtin_recipe_names())
+    return path.read_text(encoding="utf-8")
+
+
+def load_recipe_dict(name_or_path: str) -> dict:
+    """A built-in recipe name (`seed002`) or a path to a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"recipe file not found: {path}")
+        text = path.read_text(encoding="utf-8")
+    else:
+        text = builtin_recipe_text(name_or_path)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"recipe {name_or_path} is not valid YAML: {e}".splitlines()[0]) from None
+    return data or {}
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `section.key=value` strings; values are parsed as YAML (`0.1`, `true`, `[1,2]`)."""
+    data = copy.deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key=value, e.g. train.epochs=5")
+        key, _, raw = item.partition("=")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        parts = key.strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{key}': '{part}' is not a section")
+        node[parts[-1]] = value
+    return data
+
+
+def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe:
+    data = load_recipe_dict(name_or_path)
+    data.setdefault("name", Path(name_or_path).stem)
+    return recipe_from_dict(apply_overrides(data, overrides or []))
+
+
+def recipe_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Keys whose values differ between two recipe dicts, as dotted paths."""
+    keys = sorted(set(old) | set(new))
+    diffs = []
+    for k in keys:
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += recipe_diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            diffs.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return diffs
+
+
+__all__ = [
+    "Recipe", "DataConfig", "AugmentConfig", "TrainConfig", "EvalConfig", "load_recipe", "recipe_from_dict",
+    "recipe_to_dict", "dump_recipe", "apply_overrides", "builtin_recipe_names", "recipe_diff", "coerce",
+]

@@ -1,0 +1,461 @@
+"""CIFAR-10/100 from the official "python version": find, download, read, check, decode.
+
+The batches are read straight out of the .tar.gz (exact member names only, regular files only,
+size-capped) or out of an extracted folder, unpickled with the restricted unpickler, checked for
+shape, dtype and label range, and -- for CIFAR-10 -- verified by the SHA-256 of the decoded pixels
+and labels, which holds for any faithful copy whatever its container bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import sys
+import tarfile
+import urllib.error
+import urllib.parse
+import urllib.request
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from cifarkit.data.safe_pickle import safe_loads
+from cifarkit.errors import ConfigError, DataError
+from cifarkit.fsio import atomic_open
+
+Log = Callable[[str], object]
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+CIFAR100_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
+
+# SHA-256 of the decoded arrays as C-contiguous bytes: images (N, 3072) uint8 in batch order,
+# labels as uint8. Valid for the official release and for any lossless copy of it.
+CIFAR10_SHA256 = {
+    "train images": "9d5c2eddadb0deff02c14c350c0385aab7b1d5ff1edfeb4997c8dc8644960111",
+    "train labels": "2b7cd2f24487317614016b72ffd53071c3062f592f0eb300c18a770d41ae1253",
+    "test images": "177777c33ba79825320efa646ad04a94bdc3c80e4ebe3bd21724f8cdfd4b9d56",
+    "test labels": "cec8a24a1e92aa2ecaa0bbd3dbfa86bf6cd8759fbd209a832824c8cf0afca9d5",
+}
+CIFAR10_COUNTS = {"train": 50000, "test": 10000}
+
+MAX_MEMBER_BYTES = 256 * 2**20   # the largest official member (cifar-100 train) is ~155 MB
+IMAGE_SIZE = 32
+PIXELS = 3 * IMAGE_SIZE * IMAGE_SIZE
+
+
+@dataclass(frozen=True)
+class _Layout:
+    title: str
+    archive: str
+    folder: str
+    train_files: tuple[str, ...]
+    test_files: tuple[str, ...]
+    meta_file: str
+    url: str
+    md5: str
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return (*self.train_files, *self.test_files, self.meta_file)
+
+
+_LAYOUTS = {
+    "cifar10": _Layout("CIFAR-10", "cifar-10-python.tar.gz", "cifar-10-batches-py",
+                       tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",),
+                       "batches.meta", CIFAR10_URL, CIFAR10_MD5),
+    "cifar100": _Layout("CIFAR-100", "cifar-100-python.tar.gz", "cifar-100-python",
+                        ("train",), ("test",), "meta", CIFAR100_URL, CIFAR100_MD5),
+}
+# (dataset, label_mode) -> (label key, class-name key in the meta file, number of classes)
+_LABEL_KEYS = {
+    ("cifar10", "fine"): ("labels", "label_names", 10),
+    ("cifar100", "fine"): ("fine_labels", "fine_label_names", 100),
+    ("cifar100", "coarse"): ("coarse_labels", "coarse_label_names", 20),
+}
+
+
+@dataclass
+class CifarArrays:
+    train_images: np.ndarray  # (N, 3, 32, 32) uint8, C-contiguous, original order
+    train_labels: np.ndarray  # (N,) int64
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    classes: list[str]
+    source: str               # where it was read from (path), for the run record
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def load_cifar(dataset: str = "cifar10", data_dir: str | os.PathLike | None = None, *,
+               download: bool = True, verify: bool = True, label_mode: str = "fine",
+               log: Log = print) -> CifarArrays:
+    """Load CIFAR-10 or CIFAR-100 as uint8 NCHW arrays in the original order.
+
+    Where it looks: `data_dir` if given, else the environment variable CIFARKIT_DATA, else
+    "./data". That location may be
+      1. the archive file itself (cifar-10-python.tar.gz / cifar-100-python.tar.gz, or any
+         file of that format),
+      2. a directory holding the extracted folder (cifar-10-batches-py / cifar-100-python),
+      3. the extracted folder itself (a directory holding batches.meta / meta), or
+      4. a directory holding the archive.
+    An extracted folder wins over an archive next to it. Archives are read in place, never
+    extracted, so a read-only directory works.
+
+    If nothing is found and `download` is True, the official archive is fetched over HTTPS into
+    that directory (MD5-checked, renamed into place only when complete); otherwise DataError.
+    With `verify`, CIFAR-10 is checked against the SHA-256 of its official pixels and labels
+    (no such table exists for CIFAR-100). `label_mode` picks CIFAR-100's "fine" (100) or
+    "coarse" (20) labels.
+    """
+    layout = _layout(dataset)
+    label_key, names_key, num_classes = _label_keys(dataset, label_mode)
+    root = Path(data_dir if data_dir is not None else os.environ.get("CIFARKIT_DATA") or "data")
+
+    kind, path, looked = _find_source(layout, root)
+    if kind is None:
+        if not download:
+            places = ", ".join(str(p) for p in looked)
+            raise DataError(f"{layout.title} not found (looked for {places}); pass --data-dir "
+                            "pointing at the archive or its folder, or allow downloading")
+        path = _download_target(layout, root)
+        log(f"{layout.title} not found under {root}; downloading {layout.url} to {path}")
+        download_archive(layout.url, path, layout.md5, log=log)
+        kind = "archive"
+
+    blobs = _read_archive(path, layout) if kind == "archive" else _read_folder(path, layout)
+    source = str(path)
+    what = {name: f"{source}: {name}" for name in layout.files}
+
+    classes = _class_names(safe_loads(blobs.pop(layout.meta_file), what=what[layout.meta_file]),
+                           what[layout.meta_file], names_key, num_classes)
+    train_images, train_labels = _decode_split(blobs, layout.train_files, what, label_key, num_classes)
+    test_images, test_labels = _decode_split(blobs, layout.test_files, what, label_key, num_classes)
+    arrays = CifarArrays(train_images, train_labels, test_images, test_labels, classes, source)
+
+    verified = ""
+    if verify and dataset == "cifar10":
+        verify_cifar10(arrays)
+        verified = ", content verified"
+    log(f"{layout.title}: {len(train_labels)} training and {len(test_labels)} test images, "
+        f"{num_classes} classes, from {source}{verified}")
+    return arrays
+
+
+def verify_cifar10(arrays: CifarArrays) -> None:
+    """Raise DataError unless the arrays are exactly the official CIFAR-10 pixels and labels."""
+    for split in ("train", "test"):
+        found = len(getattr(arrays, f"{split}_labels"))
+        if found != CIFAR10_COUNTS[split]:
+            raise DataError(f"{arrays.source}: {split} split has {found} images, not the "
+                            f"{CIFAR10_COUNTS[split]} of CIFAR-10 (pass verify=False / "
+                            "data.verify=false for a custom copy)")
+    arrays_by_name = {
+        "train images": arrays.train_images, "train labels": arrays.train_labels.astype(np.uint8),
+        "test images": arrays.test_images, "test labels": arrays.test_labels.astype(np.uint8),
+    }
+    for name, array in arrays_by_name.items():
+        digest = hashlib.sha256(np.ascontiguousarray(array).data).hexdigest()
+        if digest != CIFAR10_SHA256[name]:
+            raise DataError(f"{arrays.source}: {name} do not match official CIFAR-10 (sha256 "
+                            f"{digest[:16]}... instead of {CIFAR10_SHA256[name][:16]}...); the copy "
+                            "is corrupt or modified (pass verify=False / data.verify=false to use it anyway)")
+
+
+# --- finding the data ---------------------------------------------------------------------
+
+def _layout(dataset: str) -> _Layout:
+    if dataset not in _LAYOUTS:
+        raise ConfigError(f"unknown dataset '{dataset}' (expected one of: {', '.join(_LAYOUTS)})")
+    return _LAYOUTS[dataset]
+
+
+def _label_keys(dataset: str, label_mode: str) -> tuple[str, str, int]:
+    if (dataset, label_mode) not in _LABEL_KEYS:
+        modes = [mode for (name, mode) in _LABEL_KEYS if name == dataset]
+        raise ConfigError(f"label_mode '{label_mode}' is not available for {dataset} "
+                          f"(expected one of: {', '.join(modes)})")
+    return _LABEL_KEYS[(dataset, label_mode)]
+
+
+def _find_source(layout: _Layout, root: Path) -> tuple[str | None, Path, list[Path]]:
+    """(kind, path, places looked): kind is "archive", "folder" or None when nothing is found."""
+    if root.is_file():
+        return "archive", root, [root]
+    folder, archive = root / layout.folder, root / layout.archive
+    looked = [folder, root / layout.meta_file, archive]
+    if folder.is_dir():
+        return "folder", folder, looked
+    if (root / layout.meta_file).is_file():
+        return "folder", root, looked
+    if archive.is_file():
+        return "archive", archive, looked
+    return None, root, looked
+
+
+def _download_target(layout: _Layout, root: Path) -> Path:
+    # A path that names the archive itself (and does not exist yet) is where the download goes.
+    if root.name.endswith((".tar.gz", ".tgz")) and not root.exists():
+        return root
+    return root / layout.archive
+
+
+# --- reading the raw batch files -----------------------------------------------------------
+
+def _read_archive(path: Path, layout: _Layout) -> dict[str, bytes]:
+    """The expected members' bytes, read in one sequential pass without extracting anything."""
+    wanted = {f"{layout.folder}/{name}": name for name in layout.files}
+    found: dict[str, bytes] = {}
+    try:
+        with tarfile.open(path, "r|*") as tar:
+            for member in tar:
+                member_name = member.name[2:] if member.name.startswith("./") else member.name
+                name = wanted.get(member_name)
+                if name is None:
+                    continue
+                if name in found:
+                    raise DataError(f"{path}: member {member_name} appears twice in the archive")
+                if not member.isreg():
+                    raise DataError(f"{path}: member {member_name} is not a regular file")
+                if member.size > MAX_MEMBER_BYTES:
+                    raise DataError(f"{path}: member {member_name} is {member.size} bytes, larger "
+                                    f"than any CIFAR file ({MAX_MEMBER_BYTES} bytes at most)")
+                handle = tar.extractfile(member)
+                data = handle.read() if handle is not None else b""
+                if len(data) != member.size:
+                    raise DataError(f"{path}: member {member_name} is truncated")
+                found[name] = data
+                if len(found) == len(wanted):
+                    break
+    except DataError:
+        raise
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        raise DataError(f"{path} is not a readable CIFAR archive (expected a complete "
+                        f".tar.gz: {type(exc).__name__}: {exc})") from None
+    missing = [f"{layout.folder}/{name}" for name in layout.files if name not in found]
+    if missing:
+        raise DataError(f"{path} lacks the {layout.title} member(s) {', '.join(missing)}")
+    return found
+
+
+def _read_folder(folder: Path, layout: _Layout) -> dict[str, bytes]:
+    missing = [name for name in layout.files if not (folder / name).is_file()]
+    if missing:
+        raise DataError(f"{folder} lacks the {layout.title} file(s) {', '.join(missing)}")
+    blobs = {}
+    for name in layout.files:
+        path = folder / name
+        try:
+            if path.stat().st_size > MAX_MEMBER_BYTES:
+                raise DataError(f"{path} is larger than any CIFAR file ({MAX_MEMBER_BYTES} bytes at most)")
+            blobs[name] = path.read_bytes()
+        except OSError as exc:
+            raise DataError(f"{path} cannot be read ({exc.strerror or exc})") from None
+    return blobs
+
+
+# --- decoding and checking -----------------------------------------------------------------
+
+def _get(batch: dict, key: str, what: str) -> object:
+    # Python 2 pickles give bytes keys under encoding="bytes"; re-pickled copies may use str.
+    for candidate in (key.encode(), key):
+        if candidate in batch:
+            return batch[candidate]
+    raise DataError(f"{what} has no '{key}' entry (found keys: {_keys(batch)})")
+
+
+def _keys(batch: dict) -> str:
+    return ", ".join(sorted(k.decode("latin-1") if isinstance(k, bytes) else str(k) for k in batch)) or "none"
+
+
+def _decode_batch(batch: object, what: str, label_key: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    if not isinstance(batch, dict):
+        raise DataError(f"{what} holds a {type(batch).__name__}, not the dict of a CIFAR batch")
+    data = _get(batch, "data", what)
+    if not isinstance(data, np.ndarray):
+        raise DataError(f"{what}: 'data' is a {type(data).__name__}, not a numpy array")
+    if data.dtype != np.uint8:
+        raise DataError(f"{what}: 'data' has dtype {data.dtype}, not uint8")
+    if data.ndim != 2 or data.shape[1] != PIXELS:
+        raise DataError(f"{what}: 'data' has shape {data.shape}, not (N, {PIXELS})")
+    labels = _as_labels(_get(batch, label_key, what), what, label_key, num_classes)
+    if len(labels) != len(data):
+        raise DataError(f"{what}: {len(labels)} '{label_key}' for {len(data)} images")
+    return data, labels
+
+
+def _as_labels(raw: object, what: str, label_key: str, num_classes: int) -> np.ndarray:
+    try:
+        labels = np.asarray(raw)
+    except (ValueError, TypeError):
+        labels = np.asarray([None])
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise DataError(f"{what}: '{label_key}' is not a flat list of integers")
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        bad = labels[(labels < 0) | (labels >= num_classes)][0]
+        raise DataError(f"{what}: '{label_key}' holds label {bad}, outside 0..{num_classes - 1}")
+    return labels.astype(np.int64)
+
+
+def _decode_split(blobs: dict[str, bytes], files: tuple[str, ...], what: dict[str, str],
+                  label_key: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = [], []
+    for name in files:
+        batch = safe_loads(blobs.pop(name), what=what[name])   # pop: free each blob once decoded
+        data, batch_labels = _decode_batch(batch, what[name], label_key, num_classes)
+        images.append(data)
+        labels.append(batch_labels)
+    # (N, 3072) rows hold the R, G, B planes row by row, so a reshape gives NCHW without copying.
+    all_images = np.concatenate(images).reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE)
+    return np.ascontiguousarray(all_images), np.concatenate(labels)
+
+
+def _class_names(meta: object, what: str, names_key: str, num_classes: int) -> list[str]:
+    if not isinstance(meta, dict):
+        raise DataError(f"{what} holds a {type(meta).__name__}, not the dict of a CIFAR meta file")
+    names = _get(meta, names_key, what)
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, (bytes, str)) for n in names):
+        raise DataError(f"{what}: '{names_key}' is not a list of strings")
+    if len(names) != num_classes:
+        raise DataError(f"{what}: '{names_key}' lists {len(names)} classes, not {num_classes}")
+    return [n.decode("utf-8", errors="replace") if isinstance(n, bytes) else n for n in names]
+
+
+# --- download ------------------------------------------------------------------------------
+
+def download_archive(url: str, dest: str | os.PathLike, md5: str, *, log: Log = print,
+                     timeout: float = 60.0) -> Path:
+    """Fetch `url` (HTTPS only) into `dest`: stream to a temporary sibling, check the MD5, rename.
+
+    `dest` never holds a partial or unverified file. Progress goes to a tqdm bar when stdout is
+    a terminal (and tqdm is installed), else to a `log` line every ~10%.
+    """
+    dest = Path(dest)
+    if urllib.parse.urlparse(url).scheme != "https":
+        raise DataError(f"refusing to download {url}: only https:// URLs are allowed")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"cannot create {dest.parent} for the download ({exc.strerror or exc}); "
+                        "pass a writable --data-dir") from None
+    if not os.access(dest.parent, os.W_OK):
+        raise DataError(f"cannot write the download into {dest.parent}; pass a writable --data-dir")
+    hint = "; download it yourself and pass --data-dir pointing at the archive or its folder"
+    try:
+        response = urllib.request.urlopen(url, timeout=timeout)
+    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise DataError(f"could not download {url} ({reason}){hint}") from None
+    with response:
+        final_url = response.geturl() if hasattr(response, "geturl") else url
+        if urllib.parse.urlparse(final_url).scheme != "https":
+            raise DataError(f"refusing to download {url}: it redirects to the non-https {final_url}")
+        total = int(response.headers.get("Content-Length") or 0)
+        digest = hashlib.md5(usedforsecurity=False)
+        progress = _Progress(total, dest.name, log)
+        try:
+            with atomic_open(dest, "wb") as out:
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    progress.update(len(chunk))
+                if digest.hexdigest() != md5:
+                    raise DataError(f"the download of {url} is corrupt (MD5 {digest.hexdigest()} "
+                                    f"instead of {md5}){hint}")
+        except (OSError, http.client.HTTPException) as exc:
+            raise DataError(f"could not download {url} ({type(exc).__name__}: {exc}){hint}") from None
+        finally:
+            progress.close()
+    log(f"downloaded {url} to {dest} (MD5 ok)")
+    return dest
+
+
+class _Progress:
+    """A tqdm bar on a terminal, else a log line every ~10% (or every 16 MiB if the size is unknown)."""
+
+    def __init__(self, total: int, label: str, log: Log) -> None:
+        self.total, self.label, self.log = total, label, log
+        self.done, self.next_report = 0, 0.1
+        self.bar = None
+        if sys.stdout.isatty():
+            try:
+                from tqdm import tqdm
+                self.bar = tqdm(total=total or None, unit="B", unit_scale=True, desc=label)
+            except ImportError:
+                pass
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+        elif self.total:
+            while self.done >= self.next_report * self.total and self.next_report <= 1.0:
+                self.log(f"{self.label}: {round(self.next_report * 100)}% "
+                         f"({self.done / 2**20:.1f} of {self.total / 2**20:.1f} MiB)")
+                self.next_report = round(self.next_report + 0.1, 1)
+        elif self.done // (16 * 2**20) != (self.done - n) // (16 * 2**20):
+            self.log(f"{self.label}: {self.done / 2**20:.0f} MiB")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# --- extraction (for `cifarkit download --extract`) -----------------------------------------
+
+def extract_archive(archive: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Extract a .tar(.gz) into `dest`, refusing absolute paths, '..', links and special files.
+
+    Every member is checked before anything is written, so a hostile archive leaves `dest`
+    untouched. Uses tarfile's "data" filter where Python has it (3.11.4+), else the same rules
+    checked by hand.
+    """
+    archive, dest = Path(archive), Path(dest)
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            members = tar.getmembers()
+            for member in members:
+                problem = _member_problem(member, dest)
+                if problem:
+                    raise DataError(f"{archive}: refuses to extract member '{member.name}' ({problem})")
+            dest.mkdir(parents=True, exist_ok=True)
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(dest, members=members, filter="data")
+            else:  # pragma: no cover - Python < 3.11.4
+                tar.extractall(dest, members=members)
+    except DataError:
+        raise
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        raise DataError(f"{archive} cannot be extracted ({type(exc).__name__}: {exc})") from None
+    return dest
+
+
+def _member_problem(member: tarfile.TarInfo, dest: Path) -> str | None:
+    """Why a member is unsafe to extract, or None."""
+    if hasattr(tarfile, "data_filter"):
+        try:
+            tarfile.data_filter(member, str(dest))
+        except tarfile.FilterError as exc:
+            return str(exc)
+        # The data filter allows links that stay inside dest; CIFAR archives have none, so refuse.
+    return _manual_member_problem(member)
+
+
+def _manual_member_problem(member: tarfile.TarInfo) -> str | None:
+    name = member.name.replace("\\", "/")
+    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+        return "absolute path"
+    if ".." in name.split("/"):
+        return "path leaves the destination"
+    if member.issym() or member.islnk():
+        return "links are not allowed"
+    if not (member.isreg() or member.isdir()):
+        return "special files are not allowed"
+    return None

@@ -1,0 +1,59 @@
+"""From a recipe's data section to arrays, a held-out split and loaders on the device.
+
+The training, evaluation and prediction commands all come through here, so they agree on the
+split, the normalization and the loader.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from cifarkit.config import DataConfig, Recipe
+from cifarkit.data.cifar import CifarArrays, load_cifar
+from cifarkit.data.loader import CIFAR10_MEAN, CIFAR10_STD, DeviceLoader, channel_stats
+from cifarkit.data.splits import stratified_split
+
+
+@dataclass
+class PreparedData:
+    arrays: CifarArrays
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.arrays.classes)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.arrays.classes)
+
+    def normalization(self) -> dict:
+        return {"mean": list(self.mean), "std": list(self.std), "classes": self.classes}
+
+
+def prepare_data(cfg: DataConfig, data_dir=None, log: Callable[[str], None] = print) -> PreparedData:
+    arrays = load_cifar(cfg.dataset, data_dir, download=cfg.download, verify=cfg.verify, log=log)
+    train_idx, val_idx = stratified_split(arrays.train_labels, cfg.val_size, cfg.split_seed)
+    if cfg.dataset == "cifar10" and len(arrays.train_labels) == 50000:
+        mean, std = CIFAR10_MEAN, CIFAR10_STD
+    else:
+        # Statistics of the images actually trained on (CIFAR-100, or a non-standard copy).
+        mean, std = channel_stats(arrays.train_images[train_idx])
+    return PreparedData(arrays, train_idx, val_idx, tuple(mean), tuple(std))
+
+
+def make_loader(images, labels, recipe: Recipe, device: torch.device, *, mean, std, train: bool,
+                augment=None, batch_size: int | None = None) -> DeviceLoader:
+    return DeviceLoader(
+        images, labels,
+        batch_size=batch_size or (recipe.train.batch_size if train else recipe.eval.batch_size),
+        device=device, mean=mean, std=std, shuffle=train, drop_last=train, augment=augment,
+        channels_last=recipe.train.channels_last, seed=recipe.seed,
+    )

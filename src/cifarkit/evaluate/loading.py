@@ -1,0 +1,95 @@
+"""Rebuild a trained model from a run's weights file or from an exported safetensors bundle."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cifarkit.config import Recipe, recipe_from_dict
+from cifarkit.errors import CheckpointError, CifarkitError
+from cifarkit.models.registry import build_model
+from cifarkit.rundir import RunDir
+from cifarkit.train.checkpoint import load_checkpoint, load_weights
+
+
+@dataclass
+class TrainedModel:
+    model: nn.Module
+    recipe: Recipe
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    classes: list[str]
+    source: str
+
+
+def _from_state(state_dict: dict, recipe_dict: dict, normalization: dict, source: str, device) -> TrainedModel:
+    try:
+        recipe = recipe_from_dict(recipe_dict)
+    except CifarkitError as e:
+        raise CheckpointError(f"{source} carries an invalid recipe: {e}") from None
+    classes = list(normalization.get("classes") or [])
+    model = build_model(recipe.model, len(classes) or 10)
+    load_weights(model, state_dict, source)
+    memory_format = torch.channels_last if recipe.train.channels_last else torch.contiguous_format
+    model.to(device, memory_format=memory_format).eval()
+    return TrainedModel(model, recipe, tuple(normalization["mean"]), tuple(normalization["std"]), classes, source)
+
+
+def load_weights_file(path: str | Path, device="cpu") -> TrainedModel:
+    ckpt = load_checkpoint(path, map_location=device)
+    if "recipe" not in ckpt or "normalization" not in ckpt:
+        raise CheckpointError(f"{path} has no recipe or normalization; it is not a cifarkit weights file")
+    return _from_state(ckpt["model"], ckpt["recipe"], ckpt["normalization"], str(path), device)
+
+
+def load_export(directory: str | Path, device="cpu") -> TrainedModel:
+    """An `cifarkit export` bundle: model.safetensors + model.json (architecture, normalization)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    meta_path, weights_path = directory / "model.json", directory / "model.safetensors"
+    if not meta_path.is_file() or not weights_path.is_file():
+        raise CheckpointError(f"{directory} is not an export (needs model.json and model.safetensors)")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        state = load_file(str(weights_path), device=str(device))
+    except (json.JSONDecodeError, SafetensorError, OSError) as e:
+        raise CheckpointError(f"{directory} holds a corrupt export: {str(e).splitlines()[0][:200]}") from None
+    return _from_state(state, meta["recipe"], meta["normalization"], str(weights_path), device)
+
+
+def load_trained(source: str | Path, weights: str = "auto", device="cpu") -> TrainedModel:
+    """A run directory (with `weights` = final/best/ema/swa/auto), a weights .pt file, or an export folder."""
+    source = Path(source)
+    if source.is_file():
+        return load_weights_file(source, device)
+    if (source / "model.safetensors").is_file():
+        return load_export(source, device)
+    run = RunDir(source)
+    if not run.exists():
+        raise CifarkitError(f"{source} is not a run directory, a weights file or an export")
+    kind = select_weights(run) if weights == "auto" else weights
+    if not run.weights(kind).is_file():
+        have = ", ".join(run.available_weights()) or "none (train it first)"
+        raise CheckpointError(f"{run.root} has no '{kind}' weights; available: {have}")
+    return load_weights_file(run.weights(kind), device)
+
+
+def select_weights(run: RunDir) -> str:
+    """The weights chosen on the validation split by `evaluate`, else best, else final."""
+    if run.summary.is_file():
+        try:
+            chosen = json.loads(run.summary.read_text(encoding="utf-8")).get("selected")
+        except json.JSONDecodeError:
+            chosen = None
+        if chosen in run.available_weights():
+            return chosen
+    for kind in ("best", "final"):
+        if run.weights(kind).is_file():
+            return kind
+    raise CheckpointError(f"{run.root} has no trained weights yet")

@@ -1,0 +1,79 @@
+"""`cifarkit predict`: labels for the competition's unlabeled pickle (a submission CSV) or for image files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from cifarkit.data.custom_test import load_custom_test, write_submission
+from cifarkit.data.images import load_image
+from cifarkit.data.loader import DeviceLoader, channel_stats
+from cifarkit.errors import CifarkitError
+from cifarkit.evaluate.loading import TrainedModel, load_trained
+from cifarkit.evaluate.report import autocast_dtype
+from cifarkit.evaluate.tta import predict_probs
+from cifarkit.rundir import RunDir
+from cifarkit.runinfo import resolve_device
+
+
+def load_members(source, weights: str, device) -> list[TrainedModel]:
+    """One model, or every member of the recipe's ensemble when weights == 'ensemble'."""
+    if weights != "ensemble":
+        return [load_trained(source, weights, device)]
+    run = RunDir(source)
+    recipe = run.load_recipe()
+    members = [k for k in recipe.eval.ensemble if run.weights(k).is_file()]
+    if len(members) < 2:
+        raise CifarkitError(f"{source}: the recipe's ensemble {recipe.eval.ensemble} has fewer than two trained members")
+    return [load_trained(source, k, device) for k in members]
+
+
+def predict_array(members: list[TrainedModel], images: np.ndarray, *, tta: str | None, device,
+                  self_normalize: bool = False) -> np.ndarray:
+    """Averaged class probabilities (N, C) for uint8 images (N, 3, 32, 32)."""
+    first = members[0]
+    if self_normalize:
+        mean, std = channel_stats(images)   # 002's answer to a shifted test distribution
+    else:
+        mean, std = first.mean, first.std
+    loader = DeviceLoader(images, np.zeros(len(images), dtype=np.int64), batch_size=first.recipe.eval.batch_size,
+                          device=device, mean=mean, std=std, channels_last=first.recipe.train.channels_last)
+    probs = [predict_probs(m.model, loader, mode=tta or m.recipe.eval.tta, device=device,
+                           autocast_dtype=autocast_dtype(m.recipe, device)).float().cpu().numpy() for m in members]
+    return np.mean(probs, axis=0)
+
+
+def predict_submission(source, input_path, output_path, *, weights="auto", tta=None, device="auto",
+                       header=("ID", "Labels"), self_normalize=False, log: Callable[[str], None] = print) -> dict:
+    device = resolve_device(device)
+    images, ids = load_custom_test(input_path)          # validated before any model is loaded
+    members = load_members(source, weights, device)
+    probs = predict_array(members, images, tta=tta, device=device, self_normalize=self_normalize)
+    labels = probs.argmax(1)
+    write_submission(output_path, ids, labels, header=tuple(header), num_classes=probs.shape[1])
+    counts = np.bincount(labels, minlength=probs.shape[1]).tolist()
+    log(f"wrote {output_path}: {len(ids)} predictions from {', '.join(m.source for m in members)}; "
+        f"per-class counts {counts}")
+    return {"rows": len(ids), "class_counts": counts}
+
+
+def predict_images(source, paths: list[str | Path], *, weights="auto", tta=None, device="auto",
+                   top_k: int = 3) -> list[dict]:
+    device = resolve_device(device)
+    loaded = [load_image(p) for p in paths]            # every file checked before any model work
+    members = load_members(source, weights, device)
+    images = np.stack([img for img, _ in loaded])
+    probs = predict_array(members, images, tta=tta, device=device)
+    classes = members[0].classes or [str(i) for i in range(probs.shape[1])]
+    results = []
+    for path, (_, resized), p in zip(paths, loaded, probs):
+        order = np.argsort(-p)[:top_k]
+        results.append({"path": str(path), "label": int(order[0]), "class": classes[order[0]], "resized": resized,
+                        "top": [{"class": classes[i], "label": int(i), "probability": float(p[i])} for i in order]})
+    return results
+
+
+__all__ = ["predict_submission", "predict_images", "predict_array", "load_members", "torch"]

@@ -1,0 +1,97 @@
+"""The run directory: one place that knows where each output of a run lives.
+
+runs/<name>/
+  recipe.yaml          the resolved recipe (what `--resume` compares against)
+  run.json             versions, git commit, hardware, command line, data source
+  metrics.jsonl        one JSON line per epoch
+  checkpoints/last.pt  full training state, rewritten atomically every epoch (and on interrupt)
+  checkpoints/{final,best,ema,swa}.pt   weights for evaluation
+  summary.json         every evaluation number (written by `cifarkit evaluate`)
+  plots/*.png          confusion matrices, ROC curves, training curves
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+
+from cifarkit.config import Recipe, dump_recipe, recipe_diff, recipe_from_dict, recipe_to_dict
+from cifarkit.errors import CifarkitError, ConfigError
+from cifarkit.fsio import read_jsonl, write_text
+
+WEIGHT_KINDS = ("final", "best", "ema", "swa")
+# Keys that may change between a run and its resume without changing what is computed.
+RESUME_FREE_KEYS = ("name", "description", "device", "data.download")
+
+
+class RunDir:
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    recipe_path = property(lambda self: self.root / "recipe.yaml")
+    run_json = property(lambda self: self.root / "run.json")
+    metrics = property(lambda self: self.root / "metrics.jsonl")
+    checkpoints = property(lambda self: self.root / "checkpoints")
+    last = property(lambda self: self.root / "checkpoints" / "last.pt")
+    summary = property(lambda self: self.root / "summary.json")
+    plots = property(lambda self: self.root / "plots")
+    tensorboard = property(lambda self: self.root / "tensorboard")
+
+    def weights(self, kind: str) -> Path:
+        return self.checkpoints / f"{kind}.pt"
+
+    def available_weights(self) -> list[str]:
+        return [k for k in WEIGHT_KINDS if self.weights(k).is_file()]
+
+    def exists(self) -> bool:
+        return self.recipe_path.is_file()
+
+    def create(self, recipe: Recipe) -> None:
+        """Make the directory for a new run; refuse to mix two runs in one directory."""
+        if self.exists():
+            raise CifarkitError(f"{self.root} already holds a run; continue it with --resume {self.root}, "
+                                "or choose another directory with --out")
+        check_writable(self.root)
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        write_text(self.recipe_path, dump_recipe(recipe))
+
+    def load_recipe(self) -> Recipe:
+        if not self.exists():
+            raise CifarkitError(f"{self.root} is not a cifarkit run directory (no recipe.yaml)")
+        try:
+            data = yaml.safe_load(self.recipe_path.read_text(encoding="utf-8"))
+        except yaml.YAMLError:
+            raise ConfigError(f"{self.recipe_path} is not valid YAML") from None
+        return recipe_from_dict(data)
+
+    def check_resume(self, recipe: Recipe, force: bool) -> list[str]:
+        """Refuse to resume with a different recipe unless forced; returns the differing keys."""
+        saved = recipe_to_dict(self.load_recipe())
+        wanted = recipe_to_dict(recipe)
+        diffs = [d for d in recipe_diff(saved, wanted) if not d.split(":")[0] in RESUME_FREE_KEYS]
+        if diffs and not force:
+            shown = "; ".join(diffs[:6]) + ("; ..." if len(diffs) > 6 else "")
+            raise ConfigError(f"the recipe differs from the one {self.root} was started with ({shown}); "
+                              "resume with the same recipe, or pass --force")
+        if diffs:
+            write_text(self.recipe_path, dump_recipe(recipe))
+        return diffs
+
+    def read_metrics(self) -> list[dict]:
+        return read_jsonl(self.metrics)
+
+
+def check_writable(directory: Path) -> None:
+    """Fail before training when outputs could not be written, rather than after an hour."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".cifarkit-write-test"
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 1024 * 1024)
+            f.flush()
+            os.fsync(f.fileno())
+        probe.unlink()
+    except OSError as e:
+        raise CifarkitError(f"cannot write to {directory}: {e.strerror or e}") from None

@@ -1,0 +1,83 @@
+"""What produced a result: package and library versions, git commit, hardware, seeds.
+
+Written into every run directory and every benchmark JSON so a number can be traced to its code.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+import cifarkit
+from cifarkit.errors import DeviceError
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA when present; asking for CUDA without a GPU is an error, not a silent CPU run."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DeviceError("--device cuda was asked for, but no CUDA GPU is available here; use --device cpu")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise DeviceError(f"unknown device '{name}'; use auto, cpu or cuda")
+    return torch.device(name)
+
+
+def git_commit() -> str | None:
+    """The commit of the cifarkit source tree, with '+dirty' when it has uncommitted changes."""
+    src = Path(cifarkit.__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware(device: torch.device | str = "cpu") -> dict:
+    device = torch.device(device)
+    info = {
+        "device": str(device),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
+                    gpu_count=torch.cuda.device_count(), cuda=torch.version.cuda)
+    return info
+
+
+def versions() -> dict:
+    import torchvision
+    import numpy
+    return {
+        "cifarkit": cifarkit.__version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": numpy.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def run_record(device: torch.device | str, **extra) -> dict:
+    return {"versions": versions(), "git_commit": git_commit(), "hardware": hardware(device), **extra}

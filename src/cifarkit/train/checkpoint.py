@@ -1,0 +1,64 @@
+"""Checkpoints: written atomically, loaded without executing code.
+
+`save_checkpoint` writes to a temporary file and renames it over the target, so a crash at any
+moment leaves the previous checkpoint intact. `load_checkpoint` uses `torch.load(weights_only=True)`,
+which only rebuilds tensors and plain containers.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cifarkit.errors import CheckpointError
+from cifarkit.fsio import atomic_open
+
+FORMAT = "cifarkit-checkpoint-v1"
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
+    state = {"format": FORMAT, **state}
+    # Serialize fully in memory first: a failure while pickling must not touch the target at all.
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    with atomic_open(path, "wb") as f:
+        f.write(buffer.getbuffer())
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, zipfile.BadZipFile, EOFError, ValueError, AttributeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path} is not a loadable cifarkit checkpoint ({first[:200]})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a cifarkit checkpoint (no '{FORMAT}' marker)")
+    return state
+
+
+def load_weights(model: nn.Module, state_dict: dict, source: str) -> None:
+    """Load weights, turning an architecture mismatch into one clear sentence."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [k for k in own if k in state_dict and tuple(own[k].shape) != tuple(state_dict[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if shapes:
+            k = shapes[0]
+            parts.append(f"'{k}' has shape {tuple(state_dict[k].shape)} there but {tuple(own[k].shape)} here")
+        if missing:
+            parts.append(f"{len(missing)} tensors missing (e.g. '{missing[0]}')")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. '{unexpected[0]}')")
+        raise CheckpointError(f"{source} was saved from a different architecture: " + "; ".join(parts))
+    model.load_state_dict(state_dict)

@@ -1,0 +1,284 @@
+"""Optimizers and per-step learning-rate schedules built from a recipe's `train:` section.
+
+The schedule is a pure function of the step (`LRSchedule.lr_at`), so a run resumed at step k sets
+the same learning rate as the uninterrupted run without saving any scheduler state. Parameter
+groups may carry an `lr_scale`: the scheduled rate is multiplied by it for that group.
+"""
+
+from __future__ import annotations
+
+import math
+import torch
+from torch import Tensor, nn
+
+from cifarkit.config import TrainConfig
+from cifarkit.errors import ConfigError
+
+# torch.optim.lr_scheduler.OneCycleLR defaults, which reference 001 used unchanged.
+ONECYCLE_DIV_FACTOR = 25.0
+ONECYCLE_FINAL_DIV_FACTOR = 1e4
+ONECYCLE_BASE_MOMENTUM = 0.85
+ONECYCLE_MAX_MOMENTUM = 0.95
+
+_EPS = 1e-9   # guards fraction * count products against float rounding (0.7 * 10 = 7.000000000000001)
+
+
+# -- parameter groups ----------------------------------------------------------------------------
+
+def _named_groups(model: nn.Module, param_groups: dict | None) -> list[tuple[str, list[Tensor], dict]]:
+    """(name, trainable params, overrides) for each requested group, plus 'default' for the rest."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    seen: set[int] = set()
+    groups = []
+    for name, entry in (param_groups or {}).items():
+        if isinstance(entry, dict):
+            overrides = {k: v for k, v in entry.items() if k != "params"}
+            params = list(entry.get("params", []))
+        else:
+            overrides, params = {}, list(entry)
+        kept = []
+        for p in params:
+            if not p.requires_grad:
+                continue          # frozen (e.g. whitening filters, BN weights fixed at 1)
+            if id(p) in seen:
+                raise ConfigError(f"a parameter appears in more than one optimizer group (again in '{name}')")
+            seen.add(id(p))
+            kept.append(p)
+        groups.append((name, kept, overrides))
+    rest = [p for p in trainable if id(p) not in seen]
+    groups.append(("default", rest, {}))
+    return [g for g in groups if g[1]]
+
+
+def _split(name: str, params: list[Tensor], overrides: dict, cfg: TrainConfig) -> list[dict]:
+    """Split a named group by the rules that depend on tensor shape: no decay on norms and biases
+    (ndim <= 1) unless the group sets its own weight_decay; Muon for conv filters (ndim 4)."""
+    buckets: dict[tuple[bool, bool], list[Tensor]] = {}
+    for p in params:
+        no_decay = cfg.no_decay_norm_bias and "weight_decay" not in overrides and p.ndim <= 1
+        muon = cfg.optimizer == "muon" and bool(overrides.get("muon", p.ndim == 4))
+        buckets.setdefault((no_decay, muon), []).append(p)
+    out = []
+    for (no_decay, muon), ps in buckets.items():
+        lr_scale = float(overrides.get("lr_scale", 1.0))
+        group = {**overrides, "params": ps, "lr_scale": lr_scale, "lr": cfg.lr * lr_scale}
+        group["name"] = name + ("/no_decay" if no_decay else "") + ("/muon" if muon else "")
+        if no_decay:
+            group["weight_decay"] = 0.0
+        if cfg.optimizer == "muon":
+            group["muon"] = muon
+        out.append(group)
+    return out
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, param_groups: dict | None = None) -> torch.optim.Optimizer:
+    """SGD, AdamW or Muon over the model's trainable parameters.
+
+    `param_groups` maps a group name to a list of parameters, or to
+    {"params": [...], "lr_scale": 64.0, "weight_decay": 0.0, ...}: `lr_scale` multiplies the scheduled
+    learning rate, any other key overrides the optimizer default for that group. Parameters in no
+    group form the group 'default'. Every torch param group keeps its `name` and `lr_scale`.
+    """
+    groups = [g for name, ps, over in _named_groups(model, param_groups) for g in _split(name, ps, over, cfg)]
+    if not groups:
+        raise ConfigError("the model has no trainable parameters to optimize")
+    if cfg.optimizer == "sgd":
+        if cfg.nesterov and (cfg.momentum <= 0 or cfg.dampening != 0):
+            raise ConfigError("'train.nesterov' needs 'train.momentum' > 0 and 'train.dampening: 0'")
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, dampening=cfg.dampening,
+                               nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "muon":
+        if cfg.nesterov and cfg.momentum <= 0:
+            raise ConfigError("'train.nesterov' needs 'train.momentum' > 0")
+        return Muon(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, dampening=cfg.dampening,
+                    weight_decay=cfg.weight_decay)
+    raise ConfigError(f"unknown 'train.optimizer' '{cfg.optimizer}'; choose sgd, adamw or muon")
+
+
+# -- Muon ----------------------------------------------------------------------------------------
+
+def orthogonalize(g: Tensor, steps: int = 5, eps: float = 1e-7) -> Tensor:
+    """Approximate U V^T of g = U S V^T by a quintic Newton-Schulz iteration (Muon's zeroth power).
+
+    The coefficients (3.4445, -4.7750, 2.0315) trade exactness for speed: singular values land
+    roughly in [0.7, 1.2] rather than exactly at 1, which is what Muon needs.
+    """
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = g.bfloat16() if g.is_cuda else g.float()
+    x = x / (x.norm() + eps)           # top singular value <= 1
+    tall = x.size(0) > x.size(1)
+    if tall:
+        x = x.T
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    if tall:
+        x = x.T
+    return x.to(g.dtype)
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon on groups with `muon=True` (conv filters), plain SGD on the rest, in one optimizer.
+
+    Muon groups (as in airbench94_muon): momentum buffer b = m*b + g; update direction g + m*b
+    (nesterov) or b; the weight is rescaled to norm sqrt(out_channels) (so weight decay has no
+    effect there and is skipped); then p -= lr * orthogonalize(direction reshaped to (out, -1)).
+    Other groups follow torch.optim.SGD exactly (coupled weight decay, dampening, nesterov).
+    """
+
+    def __init__(self, params, lr: float = 0.1, momentum: float = 0.9, nesterov: bool = False,
+                 dampening: float = 0.0, weight_decay: float = 0.0, muon: bool = False, ns_steps: int = 5):
+        defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, dampening=dampening,
+                        weight_decay=weight_decay, muon=muon, ns_steps=ns_steps)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if group["muon"]:
+                    self._muon_step(p, group)
+                else:
+                    self._sgd_step(p, group)
+        return loss
+
+    def _muon_step(self, p: Tensor, group: dict) -> None:
+        g, m = p.grad, group["momentum"]
+        state = self.state[p]
+        buf = state.get("momentum_buffer")
+        if buf is None:
+            buf = state["momentum_buffer"] = torch.zeros_like(g)
+        buf.mul_(m).add_(g)
+        direction = g.add(buf, alpha=m) if group["nesterov"] else buf
+        p.mul_(math.sqrt(p.size(0)) / p.norm().clamp_min(1e-12))
+        update = orthogonalize(direction.reshape(p.size(0), -1), group["ns_steps"]).view_as(p)
+        p.add_(update, alpha=-group["lr"])
+
+    def _sgd_step(self, p: Tensor, group: dict) -> None:
+        g = p.grad
+        if group["weight_decay"]:
+            g = g.add(p, alpha=group["weight_decay"])
+        m = group["momentum"]
+        if m:
+            state = self.state[p]
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                buf = state["momentum_buffer"] = g.detach().clone()
+            else:
+                buf.mul_(m).add_(g, alpha=1 - group["dampening"])
+            g = g.add(buf, alpha=m) if group["nesterov"] else buf
+        p.add_(g, alpha=-group["lr"])
+
+
+# -- learning-rate schedule ----------------------------------------------------------------------
+
+def _cos_anneal(start: float, end: float, pct: float) -> float:
+    """torch OneCycleLR's cosine interpolation from start (pct 0) to end (pct 1)."""
+    return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
+
+
+def swa_start_epoch(cfg: TrainConfig) -> int | None:
+    """First epoch (0-based) whose end is averaged into SWA: ceil(swa_start * epochs), at most the
+    last epoch so that a run with SWA on always averages at least one snapshot; None when off."""
+    if cfg.swa_start <= 0:
+        return None
+    return min(math.ceil(cfg.swa_start * cfg.epochs - _EPS), cfg.epochs - 1)
+
+
+class LRSchedule:
+    """Per-step learning-rate multiplier schedule, stateless: lr_at(step) is a pure function of the step,
+    so resuming at step k needs no scheduler state.
+
+    Stepped per batch; `total_steps = epochs * steps_per_epoch`; steps outside [0, total_steps - 1]
+    are clamped. Schedules:
+      cosine    linear warmup from warmup_start_lr to lr over warmup_epochs, then cosine from lr to
+                min_lr over the remaining steps (as torch's LinearLR then CosineAnnealingLR)
+      linear    the same warmup, then a straight line from lr to min_lr
+      constant  the same warmup, then lr
+      step      lr * step_gamma ** (epoch // step_epochs)
+      onecycle  torch's OneCycleLR(max_lr=lr, pct_start=onecycle_pct_start, anneal_strategy="cos",
+                div_factor=25, final_div_factor=1e4, three_phase=False), momentum cycled 0.95 -> 0.85 -> 0.95
+    With swa_lr set (and swa_start > 0), steps from int(swa_start * total_steps) on use the constant swa_lr.
+    """
+
+    def __init__(self, cfg: TrainConfig, steps_per_epoch: int):
+        if steps_per_epoch < 1:
+            raise ConfigError("an epoch must have at least one batch; lower 'train.batch_size'")
+        self.cfg = cfg
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        warms = cfg.schedule in ("cosine", "linear", "constant")
+        self.warmup_steps = min(round(cfg.warmup_epochs * self.steps_per_epoch), self.total_steps) if warms else 0
+        self.swa_from_step = (int(cfg.swa_start * self.total_steps + _EPS)
+                              if cfg.swa_lr is not None and cfg.swa_start > 0 else None)
+        # OneCycleLR phase ends, as torch computes them.
+        self._phase1_end = float(cfg.onecycle_pct_start * self.total_steps) - 1
+        self._phase2_end = float(self.total_steps - 1)
+
+    def _clamp(self, step: int) -> int:
+        return min(max(int(step), 0), self.total_steps - 1)
+
+    def lr_at(self, step: int) -> float:
+        """Absolute learning rate for a group with lr_scale 1 at this (0-based) optimizer step."""
+        step = self._clamp(step)
+        if self.swa_from_step is not None and step >= self.swa_from_step:
+            return float(self.cfg.swa_lr)
+        return self._scheduled(step)
+
+    def _scheduled(self, step: int) -> float:
+        cfg = self.cfg
+        if cfg.schedule == "onecycle":
+            return self._onecycle(step, cfg.lr / ONECYCLE_DIV_FACTOR, cfg.lr,
+                                  cfg.lr / ONECYCLE_DIV_FACTOR / ONECYCLE_FINAL_DIV_FACTOR)
+        if cfg.schedule == "step":
+            return cfg.lr * cfg.step_gamma ** ((step // self.steps_per_epoch) // cfg.step_epochs)
+        w = self.warmup_steps
+        if step < w:
+            return cfg.warmup_start_lr + (cfg.lr - cfg.warmup_start_lr) * step / w
+        decay_steps = self.total_steps - w
+        frac = (step - w) / decay_steps if decay_steps > 0 else 0.0
+        if cfg.schedule == "cosine":
+            return cfg.min_lr + (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * frac)) / 2
+        if cfg.schedule == "linear":
+            return cfg.lr + (cfg.min_lr - cfg.lr) * frac
+        if cfg.schedule == "constant":
+            return cfg.lr
+        raise ConfigError(f"unknown 'train.schedule' '{cfg.schedule}'; choose cosine, onecycle, step, constant or linear")
+
+    def _onecycle(self, step: int, start: float, peak: float, end: float) -> float:
+        if step <= self._phase1_end:
+            # a warmup shorter than one step (tiny runs) would divide by zero; start at the peak
+            return _cos_anneal(start, peak, step / self._phase1_end if self._phase1_end > 0 else 1.0)
+        return _cos_anneal(peak, end, (step - self._phase1_end) / (self._phase2_end - self._phase1_end))
+
+    def momentum_at(self, step: int) -> float | None:
+        """OneCycle's cycled momentum (0.95 -> 0.85 -> 0.95); None for the other schedules."""
+        if self.cfg.schedule != "onecycle":
+            return None
+        return self._onecycle(self._clamp(step), ONECYCLE_MAX_MOMENTUM, ONECYCLE_BASE_MOMENTUM,
+                              ONECYCLE_MAX_MOMENTUM)
+
+    def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
+        """Set every group's lr to lr_at(step) * lr_scale (and OneCycle's momentum, as torch does:
+        betas[0] for Adam-style groups, else momentum). Returns lr_at(step)."""
+        lr = self.lr_at(step)
+        momentum = self.momentum_at(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+            if momentum is not None:
+                if "betas" in group:
+                    group["betas"] = (momentum, *tuple(group["betas"])[1:])
+                elif "momentum" in group:
+                    group["momentum"] = momentum
+        return lr
+
+
+__all__ = ["build_optimizer", "LRSchedule", "Muon", "orthogonalize", "swa_start_epoch"]

@@ -1,0 +1,200 @@
+"""Test-time augmentation: the views, their weights, and prediction with them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cifarkit.errors import ConfigError, DataError
+from cifarkit.evaluate.tta import TTA_MODES, predict_logits, predict_probs, tta_views
+
+VIEW_COUNTS = {"none": 1, "flip": 2, "flip_translate": 6, "view8": 8}
+
+
+def small_net(num_classes: int = 10) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Dropout(0.5),
+        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, num_classes),
+    )
+
+
+class FlipInvariant(nn.Module):
+    """Sees an image and its mirror image identically, by construction."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x) + self.inner(x.flip(-1))
+
+
+@pytest.fixture
+def images() -> torch.Tensor:
+    return torch.randn(6, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("mode", TTA_MODES)
+def test_views_have_right_count_shape_and_weights(images, mode):
+    views = tta_views(images, mode)
+    assert len(views) == VIEW_COUNTS[mode]
+    assert all(v.shape == images.shape and v.dtype == images.dtype for v, _ in views)
+    assert sum(w for _, w in views) == pytest.approx(1.0)
+    assert all(w > 0 for _, w in views)
+    assert torch.equal(views[0][0], images)  # the identity comes first
+    # Distinct views, not copies of one another.
+    for i, (a, _) in enumerate(views):
+        assert not any(torch.equal(a, b) for b, _ in views[i + 1:])
+
+
+@pytest.mark.parametrize("mode", TTA_MODES)
+def test_views_keep_channels_last(images, mode):
+    x = images.contiguous(memory_format=torch.channels_last)
+    for view, _ in tta_views(x, mode):
+        assert view.is_contiguous(memory_format=torch.channels_last)
+        assert not view.is_contiguous()
+
+
+def test_flip_view_is_a_mirror_image(images):
+    (ident, w0), (flipped, w1) = tta_views(images, "flip")
+    assert (w0, w1) == (0.5, 0.5)
+    assert torch.equal(flipped[..., :, 0], images[..., :, -1])
+    assert torch.equal(flipped, images.flip(-1))
+
+
+def test_translated_views_equal_shifted_image_in_interior(images):
+    views = tta_views(images, "flip_translate")
+    weights = [w for _, w in views]
+    assert weights == [0.25, 0.25, 0.125, 0.125, 0.125, 0.125]
+    down_right, up_left = views[2][0], views[4][0]
+    assert torch.equal(down_right[..., 1:, 1:], images[..., :-1, :-1])
+    assert torch.equal(up_left[..., :-1, :-1], images[..., 1:, 1:])
+    # The border that comes into view is a reflection: the new row 0 is the old row 1.
+    assert torch.equal(down_right[..., 0, 1:], images[..., 1, :-1])
+    # Views 3 and 5 are the mirror images of the shifted views.
+    assert torch.equal(views[3][0], down_right.flip(-1))
+    assert torch.equal(views[5][0], up_left.flip(-1))
+
+
+def test_view8_views_and_weights(images):
+    views = tta_views(images, "view8")
+    assert [w for _, w in views] == pytest.approx([0.2, 0.2, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1])
+    assert torch.equal(views[2][0][..., 2:, 2:], images[..., :-2, :-2])
+    assert torch.equal(views[4][0][..., :-2, :-2], images[..., 2:, 2:])
+    # The zoom view of a constant image is the same constant image.
+    flat = torch.full((2, 3, 16, 16), 0.7)
+    assert torch.allclose(tta_views(flat, "view8")[6][0], flat)
+
+
+def test_mode_none_equals_plain_softmax(images):
+    model = small_net().eval()
+    expected = F.softmax(model(images), dim=1)
+    probs = predict_probs(model, images, mode="none")
+    assert probs.dtype == torch.float32 and probs.shape == (6, 10)
+    torch.testing.assert_close(probs, expected)
+    torch.testing.assert_close(predict_logits(model, images, mode="none"), model(images))
+
+
+def test_flip_mode_equals_none_on_flip_invariant_model(images):
+    model = FlipInvariant(small_net())
+    none = predict_probs(model, images, mode="none")
+    flip = predict_probs(model, images, mode="flip")
+    torch.testing.assert_close(flip, none)
+    # ...whereas on an ordinary model flipping changes the prediction.
+    plain = small_net()
+    assert not torch.allclose(predict_probs(plain, images, mode="flip"), predict_probs(plain, images))
+
+
+def test_flip_translate_logits_match_airbench_formula(images):
+    model = small_net().eval()
+
+    def mirror(x):
+        return 0.5 * model(x) + 0.5 * model(x.flip(-1))
+
+    padded = F.pad(images, (1,) * 4, mode="reflect")
+    shifted = [padded[:, :, 0:16, 0:16], padded[:, :, 2:18, 2:18]]
+    expected = 0.5 * mirror(images) + 0.5 * torch.stack([mirror(s) for s in shifted]).mean(0)
+    torch.testing.assert_close(predict_logits(model, images, mode="flip_translate"), expected)
+
+
+@pytest.mark.parametrize("mode", TTA_MODES)
+def test_probs_are_a_distribution(images, mode):
+    probs = predict_probs(small_net(), images, mode=mode)
+    torch.testing.assert_close(probs.sum(dim=1), torch.ones(6))
+    assert (probs >= 0).all()
+
+
+def test_loader_tensor_and_batch_size_agree(images):
+    model = small_net()
+    whole = predict_probs(model, images, mode="flip_translate")
+    chunked = predict_probs(model, images, mode="flip_translate", batch_size=4)
+    labels = torch.arange(6)
+    loader = [(images[:4], labels[:4]), (images[4:], labels[4:])]
+    from_loader, got_labels = predict_probs(model, loader, mode="flip_translate", return_labels=True)
+    torch.testing.assert_close(chunked, whole)
+    torch.testing.assert_close(from_loader, whole)
+    assert torch.equal(got_labels, labels) and got_labels.dtype == torch.int64
+    # A channels_last batch gives the same numbers.
+    cl = predict_probs(model, images.contiguous(memory_format=torch.channels_last), mode="flip_translate")
+    torch.testing.assert_close(cl, whole)
+
+
+@pytest.mark.parametrize("was_training", [True, False])
+def test_model_runs_in_eval_mode_and_mode_is_restored(images, was_training):
+    model = small_net()
+    model.train(was_training)
+    first = predict_probs(model, images)
+    second = predict_probs(model, images)
+    # Dropout off and BN running statistics used: deterministic and unchanged.
+    torch.testing.assert_close(first, second)
+    assert model.training is was_training
+    assert all(m.training is was_training for m in model.modules())
+    bn = model[1]
+    assert torch.equal(bn.running_mean, torch.zeros(8))  # no statistics were updated
+
+
+def test_autocast_bfloat16_returns_float32_close_to_full_precision(images):
+    model = small_net()
+    full = predict_probs(model, images, mode="flip")
+    low = predict_probs(model, images, mode="flip", autocast_dtype=torch.bfloat16)
+    assert low.dtype == torch.float32
+    torch.testing.assert_close(low, full, atol=3e-2, rtol=0)
+
+
+def test_no_gradients_are_recorded(images):
+    model = small_net()
+    probs = predict_probs(model, images.requires_grad_(), mode="flip")
+    assert not probs.requires_grad
+
+
+def test_bad_inputs_raise_clear_errors(images):
+    model = small_net()
+    with pytest.raises(ConfigError, match="unknown test-time augmentation mode 'mirror'"):
+        predict_probs(model, images, mode="mirror")
+    with pytest.raises(ConfigError):
+        tta_views(images, "flipflop")
+    with pytest.raises(DataError, match="no images"):
+        predict_probs(model, images[:0])
+    with pytest.raises(DataError, match="no labels"):
+        predict_probs(model, images, return_labels=True)
+    with pytest.raises(DataError, match=r"\(B, C, H, W\)"):
+        tta_views(images[0], "flip")
+    with pytest.raises(DataError, match="at least 5x5"):
+        tta_views(torch.zeros(1, 3, 4, 4), "view8")
+    with pytest.raises(DataError, match="batches of images"):
+        predict_probs(model, [None])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_autocast_channels_last_matches_cpu(images):
+    model = small_net()
+    cpu = predict_probs(model, images, mode="view8")
+    model.cuda()
+    gpu = predict_probs(model, images.contiguous(memory_format=torch.channels_last), mode="view8",
+                        device="cuda", autocast_dtype=torch.float16)
+    assert gpu.device.type == "cpu" and gpu.dtype == torch.float32
+    torch.testing.assert_close(gpu, cpu, atol=1e-2, rtol=0)

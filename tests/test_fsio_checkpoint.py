@@ -1,0 +1,66 @@
+import os
+import pickle
+
+import pytest
+import torch
+
+from cifarkit.errors import CheckpointError
+from cifarkit.fsio import append_jsonl, atomic_open, read_jsonl, write_json
+from cifarkit.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
+
+
+def test_atomic_write_keeps_old_content_when_writing_fails(tmp_path):
+    target = tmp_path / "summary.json"
+    write_json(target, {"a": 1})
+    with pytest.raises(RuntimeError):
+        with atomic_open(target, "w") as f:
+            f.write('{"a": 2, "half')
+            raise RuntimeError("disk died")
+    assert target.read_text() == '{\n  "a": 1\n}\n'
+    assert os.listdir(tmp_path) == ["summary.json"]      # no temporary file left behind
+
+
+def test_jsonl_reader_skips_a_torn_last_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    append_jsonl(path, {"epoch": 1})
+    with open(path, "a") as f:
+        f.write('{"epoch": 2, "tr')
+    assert read_jsonl(path) == [{"epoch": 1}]
+
+
+def test_checkpoint_round_trip_and_refusals(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"model": model.state_dict(), "epoch": 3})
+    state = load_checkpoint(path)
+    assert state["epoch"] == 3
+    other = torch.nn.Linear(3, 2)
+    load_weights(other, state["model"], "x")
+    assert torch.equal(other.weight, model.weight)
+    with pytest.raises(CheckpointError, match="different architecture"):
+        load_weights(torch.nn.Linear(4, 2), state["model"], "last.pt")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="not a loadable"):
+        load_checkpoint(truncated)
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED_BY_CHECKPOINT",))
+
+
+def test_malicious_checkpoint_is_refused_without_running_code(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "cifarkit-checkpoint-v1", "model": _Payload()}, evil)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(evil)
+    assert not (tmp_path / "PWNED_BY_CHECKPOINT").exists()
+    plain = tmp_path / "plain.pkl"
+    plain.write_bytes(pickle.dumps(_Payload()))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(plain)
+    assert not (tmp_path / "PWNED_BY_CHECKPOINT").exists()
