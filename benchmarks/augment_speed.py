@@ -1,7 +1,7 @@
 """Milliseconds per batch for each augmentation op and for whole recipe pipelines.
 
     python benchmarks/augment_speed.py                       # 512-image batches on the best device
-    python benchmarks/augment_speed.py --device cpu --batch 128 --repeats 20
+    python benchmarks/augment_speed.py --device cpu --batch 128 --repeats 20 --threads 1
     python benchmarks/augment_speed.py --json benchmarks/results/augment_speed.json
 
 Reports the median and the minimum over `repeats` timed calls after `warmup` untimed ones.
@@ -81,8 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="CPU intra-op threads (0 = torch's default)")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     device = torch.device(args.device)
     g = torch.Generator(device=device).manual_seed(0)
@@ -91,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     benches = dict(ops(fill))
     for name, cfg in PIPELINES.items():
         aug = build_augment(AugmentConfig(**cfg), MEAN)
-        benches[name] = lambda x, g, aug=aug: aug(x, generator=g, epoch=1, indices=torch.arange(x.shape[0], device=x.device))
+        benches[name] = lambda x, g, aug=aug: aug(
+            x, generator=g, epoch=1, indices=torch.arange(x.shape[0], device=x.device))
 
     results = {}
     width = max(len(name) for name in benches)
@@ -101,7 +105,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<{width}}  {results[name]['median_ms']:9.2f}  {results[name]['min_ms']:6.2f}")
 
     if args.json:
-        hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+        if device.type == "cuda":
+            hardware = torch.cuda.get_device_name(device)
+        else:
+            hardware = platform.processor() or platform.machine()
         record = {
             "benchmark": "augment_speed", "cifarkit": __version__, "torch": torch.__version__,
             "python": platform.python_version(), "device": str(device), "hardware": hardware,

@@ -27,9 +27,10 @@ def distinct(x):
     return len({tuple(row.tolist()) for row in x.reshape(x.shape[0], -1)[:, ::7]})
 
 
+@pytest.mark.parametrize("pad", [1, 4, 16])
 @pytest.mark.parametrize("mode", ["zeros", "reflect"])
-def test_random_crop_matches_torchvision_pad_then_crop(mode):
-    x, pad = images(), 4
+def test_random_crop_matches_torchvision_pad_then_crop(mode, pad):
+    x = images(32)
     out = G.random_crop(x, pad, gen(1), mode)
     offsets = torch.randint(0, 2 * pad + 1, (2, x.shape[0]), generator=gen(1))   # replay the draw
     tv_mode = "constant" if mode == "zeros" else "reflect"
@@ -37,6 +38,8 @@ def test_random_crop_matches_torchvision_pad_then_crop(mode):
         padded = TF.pad(x[i], [pad], padding_mode=tv_mode)
         ref = TF.crop(padded, int(offsets[0, i]), int(offsets[1, i]), 32, 32)
         assert torch.equal(out[i], ref)
+    if pad == 16:
+        assert (offsets == 0).any() and (offsets == 2 * pad).any()   # the extreme windows were tested
 
 
 def test_crop_and_translate_kernels():
@@ -127,7 +130,8 @@ def test_affine_shear_matches_torchvision_affine():
 
 def test_perspective_coefficients_and_warp_match_torchvision():
     start = [[0, 0], [31, 0], [31, 31], [0, 31]]
-    ends = [[[3, 2], [29, 1], [30, 28], [1, 30]], [[0, 0], [31, 0], [31, 31], [0, 31]], [[5, 5], [26, 3], [28, 29], [2, 27]]]
+    ends = [[[3, 2], [29, 1], [30, 28], [1, 30]], [[0, 0], [31, 0], [31, 31], [0, 31]],
+            [[5, 5], [26, 3], [28, 29], [2, 27]]]
     x = images(3)
     coeffs = G.perspective_coefficients(torch.tensor([start] * 3), torch.tensor(ends))
     out = G.perspective(x, coeffs)

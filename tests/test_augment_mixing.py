@@ -93,6 +93,7 @@ def test_lambda_distribution_is_beta():
 
 def test_choice_frequencies_follow_probabilities():
     x, y = batch()
+    x = x[..., :8, :8].contiguous()             # small images: 1000 calls stay cheap
     mixer = Mixer(B, mixup_p=0.3, mixup_alpha=1.0, cutmix_p=0.3, cutmix_alpha=1.0)
     g = gen(4)
     kinds = {"none": 0, "mixup": 0, "cutmix": 0}

@@ -210,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cifarkit: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:          # disk full, permissions, ...: files are written atomically, so nothing is torn
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"cifarkit: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
     except MemoryError:
         print("cifarkit: error: out of memory; lower train.batch_size or eval.batch_size", file=sys.stderr)
         return 2

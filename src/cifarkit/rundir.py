@@ -79,6 +79,14 @@ class RunDir:
             write_text(self.recipe_path, dump_recipe(recipe))
         return diffs
 
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Temporary files of writes that a crash cut short (their targets are intact)."""
+        stale = [p for d in (self.root, self.checkpoints, self.plots) if d.is_dir()
+                 for p in d.glob(".*.tmp") if p.is_file()]
+        for p in stale:
+            p.unlink()
+        return stale
+
     def read_metrics(self) -> list[dict]:
         return read_jsonl(self.metrics)
 

@@ -35,15 +35,28 @@ def _check_prob(p: float, name: str) -> None:
 
 # --------------------------------------------------------------------------- crops and shifts
 
-def _gather_window(x: Tensor, top: Tensor, left: Tensor, height: int, width: int) -> Tensor:
-    """Per-image window x[b, :, top_b:top_b+height, left_b:left_b+width]; pixels outside x are 0."""
+def _reflect(index: Tensor, size: int) -> Tensor:
+    """Mirror out-of-range indices back inside [0, size) without repeating the edge (reflect padding)."""
+    index = index.abs()
+    return torch.where(index >= size, 2 * (size - 1) - index, index)
+
+
+def _gather_window(x: Tensor, top: Tensor, left: Tensor, height: int, width: int, reflect: bool = False) -> Tensor:
+    """Per-image window x[b, :, top_b:top_b+height, left_b:left_b+width].
+
+    Pixels outside x are 0, or with reflect=True mirrored back in (valid for overhangs < H, W).
+    """
     b, c, h, w = x.shape
     rows = top.view(b, 1) + torch.arange(height, device=x.device).view(1, height)   # (B, height)
     cols = left.view(b, 1) + torch.arange(width, device=x.device).view(1, width)    # (B, width)
+    if reflect:
+        rows, cols = _reflect(rows, h), _reflect(cols, w)
     inside = ((rows >= 0) & (rows < h)).view(b, height, 1) & ((cols >= 0) & (cols < w)).view(b, 1, width)
     flat_index = rows.clamp(0, h - 1).view(b, height, 1) * w + cols.clamp(0, w - 1).view(b, 1, width)
     flat_index = flat_index.view(b, 1, height * width).expand(b, c, height * width)
     out = x.reshape(b, c, h * w).gather(2, flat_index).view(b, c, height, width)
+    if reflect:
+        return out
     return out * inside.view(b, 1, height, width).to(x.dtype)
 
 
@@ -71,13 +84,10 @@ def random_crop(x: Tensor, padding: int, generator: torch.Generator,
         return x
     b, _, h, w = x.shape
     offsets = torch.randint(0, 2 * padding + 1, (2, b), generator=generator, device=x.device)
-    if mode == "zeros":
-        # A crop of the zero-padded image is a shift with zero fill; no padded copy needed.
-        return _gather_window(x, offsets[0] - padding, offsets[1] - padding, h, w)
-    if padding >= min(h, w):
+    if mode == "reflect" and padding >= min(h, w):
         raise ConfigError(f"reflect padding must be smaller than the image ({h}x{w}), got {padding}")
-    padded = F.pad(x, (padding, padding, padding, padding), mode="reflect")
-    return _gather_window(padded, offsets[0], offsets[1], h, w)
+    # A crop of the padded image is a shifted window of x with zero or mirrored fill: no padded copy.
+    return _gather_window(x, offsets[0] - padding, offsets[1] - padding, h, w, reflect=mode == "reflect")
 
 
 # --------------------------------------------------------------------------- flips
@@ -145,13 +155,24 @@ def inverse_affine_matrix(angle: Tensor, tx: Tensor, ty: Tensor, shear_x: Tensor
     return torch.stack([m0, m1, m2, m3, m4, m5], dim=1).view(-1, 2, 3)
 
 
-def _centered_base_grid(h: int, w: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """(1, h*w, 3) homogeneous output pixel centres with the origin at the image centre."""
-    base = torch.empty(1, h, w, 3, dtype=dtype, device=device)
-    base[..., 0].copy_(torch.linspace((1.0 - w) * 0.5, (w - 1.0) * 0.5, steps=w, device=device))
-    base[..., 1].copy_(torch.linspace((1.0 - h) * 0.5, (h - 1.0) * 0.5, steps=h, device=device).unsqueeze_(-1))
-    base[..., 2].fill_(1)
-    return base.view(1, h * w, 3)
+def _pixel_centres(h: int, w: int, offset_x: float, offset_y: float, dtype: torch.dtype,
+                   device: torch.device) -> tuple[Tensor, Tensor]:
+    """Output pixel-centre coordinates as (1, 1, w) and (1, h, 1) tensors, shifted by the offsets."""
+    xs = torch.linspace(offset_x, offset_x + w - 1.0, steps=w, device=device, dtype=dtype).view(1, 1, w)
+    ys = torch.linspace(offset_y, offset_y + h - 1.0, steps=h, device=device, dtype=dtype).view(1, h, 1)
+    return xs, ys
+
+
+def _apply_rows(theta: Tensor, xs: Tensor, ys: Tensor) -> tuple[Tensor, Tensor]:
+    """(B, 2, 3) matrices applied to homogeneous points (x, y, 1): two (B, h, w) coordinate maps.
+
+    Written out elementwise rather than as a batched matmul against an expanded grid: same
+    numbers, and no BLAS call whose threading can stall on a busy machine.
+    """
+    t = theta.reshape(-1, 6, 1, 1)
+    first = t[:, 0] * xs + t[:, 1] * ys + t[:, 2]
+    second = t[:, 3] * xs + t[:, 4] * ys + t[:, 5]
+    return first, second
 
 
 def sample_grid(x: Tensor, grid: Tensor, interpolation: Interpolation, fill: Fill) -> Tensor:
@@ -177,12 +198,13 @@ def sample_grid(x: Tensor, grid: Tensor, interpolation: Interpolation, fill: Fil
 def affine(x: Tensor, inverse_matrix: Tensor, interpolation: Interpolation = "nearest", fill: Fill = None) -> Tensor:
     """Warp each image by its (B, 2, 3) inverse affine matrix (see `inverse_affine_matrix`)."""
     check_batch(x, "affine")
-    b, _, h, w = x.shape
+    _, _, h, w = x.shape
     theta = inverse_matrix.to(device=x.device, dtype=x.dtype)
-    rescaled = theta.transpose(1, 2) / torch.tensor([0.5 * w, 0.5 * h], dtype=x.dtype, device=x.device)
-    base = _centered_base_grid(h, w, x.dtype, x.device).expand(b, -1, -1)
-    grid = torch.bmm(base, rescaled).view(b, h, w, 2)
-    return sample_grid(x, grid, interpolation, fill)
+    xs, ys = _pixel_centres(h, w, (1.0 - w) * 0.5, (1.0 - h) * 0.5, x.dtype, x.device)
+    # Rescale like torchvision's _affine_grid: input pixel units -> grid_sample's [-1, 1].
+    scale = torch.tensor([0.5 * w, 0.5 * h], dtype=x.dtype, device=x.device).view(1, 2, 1)
+    gx, gy = _apply_rows(theta / scale, xs, ys)
+    return sample_grid(x, torch.stack([gx, gy], dim=-1), interpolation, fill)
 
 
 def rotate(x: Tensor, angles: Tensor, interpolation: Interpolation = "nearest", fill: Fill = None) -> Tensor:
@@ -229,22 +251,19 @@ def perspective_coefficients(startpoints: Tensor, endpoints: Tensor) -> Tensor:
     return torch.where(ok.view(b, 1), solution, identity)
 
 
-def perspective(x: Tensor, coefficients: Tensor, interpolation: Interpolation = "bilinear", fill: Fill = None) -> Tensor:
+def perspective(x: Tensor, coefficients: Tensor, interpolation: Interpolation = "bilinear",
+                fill: Fill = None) -> Tensor:
     """Warp image b by its 8 perspective coefficients (torchvision `perspective` kernel)."""
     check_batch(x, "perspective")
     b, _, h, w = x.shape
     coeffs = coefficients.to(device=x.device, dtype=torch.float32).to(x.dtype)
-    one = torch.ones_like(coeffs[:, 0])
-    theta1 = coeffs[:, :6].view(b, 2, 3)
-    theta2 = torch.stack([coeffs[:, 6], coeffs[:, 7], one], dim=1).view(b, 1, 3).expand(b, 2, 3)
-    base = torch.empty(1, h, w, 3, dtype=x.dtype, device=x.device)
-    base[..., 0].copy_(torch.linspace(0.5, w - 0.5, steps=w, device=x.device, dtype=x.dtype))
-    base[..., 1].copy_(torch.linspace(0.5, h - 0.5, steps=h, device=x.device, dtype=x.dtype).unsqueeze_(-1))
-    base[..., 2].fill_(1)
-    base = base.view(1, h * w, 3).expand(b, -1, -1)
-    rescaled1 = theta1.transpose(1, 2) / torch.tensor([0.5 * w, 0.5 * h], dtype=x.dtype, device=x.device)
-    grid = torch.bmm(base, rescaled1) / torch.bmm(base, theta2.transpose(1, 2)) - 1.0
-    return sample_grid(x, grid.view(b, h, w, 2), interpolation, fill)
+    xs, ys = _pixel_centres(h, w, 0.5, 0.5, x.dtype, x.device)
+    scale = torch.tensor([0.5 * w, 0.5 * h], dtype=x.dtype, device=x.device).view(1, 2, 1)
+    num_x, num_y = _apply_rows(coeffs[:, :6].view(b, 2, 3) / scale, xs, ys)
+    c = coeffs.view(b, 8, 1, 1)
+    denominator = c[:, 6] * xs + c[:, 7] * ys + 1.0
+    grid = torch.stack([num_x / denominator - 1.0, num_y / denominator - 1.0], dim=-1)
+    return sample_grid(x, grid, interpolation, fill)
 
 
 def perspective_endpoints(batch: int, size: tuple[int, int], distortion: float, generator: torch.Generator,

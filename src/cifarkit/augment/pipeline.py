@@ -81,7 +81,8 @@ def build_augment(cfg: AugmentConfig, mean: tuple[float, float, float], seed: in
     if cfg.policy == "autoaugment":
         add("autoaugment", lambda x, g, e, i: policies.autoaugment_cifar10(x, g))
     elif cfg.policy == "randaugment":
-        add("randaugment", lambda x, g, e, i: policies.randaugment(x, cfg.randaugment_ops, cfg.randaugment_magnitude, g))
+        add("randaugment", lambda x, g, e, i: policies.randaugment(
+            x, cfg.randaugment_ops, cfg.randaugment_magnitude, g))
     elif cfg.policy == "trivialaugment":
         add("trivialaugment", lambda x, g, e, i: policies.trivialaugment(x, g))
     if any(v > 0 for v in cfg.color_jitter):

@@ -83,7 +83,8 @@ def magnitude_table(num_bins: int, height: int, width: int, wide: bool = False) 
     table = torch.zeros(len(OPS), num_bins)
     for name, top in ranges.items():
         table[OP_INDEX[name]] = torch.linspace(0.0, top, num_bins)
-    table[OP_INDEX["Posterize"]] = (8 - (torch.arange(num_bins) / ((num_bins - 1) / posterize_steps)).round().int()).float()
+    bits = 8 - (torch.arange(num_bins) / ((num_bins - 1) / posterize_steps)).round().int()
+    table[OP_INDEX["Posterize"]] = bits.float()
     table[OP_INDEX["Solarize"]] = torch.linspace(255.0, 0.0, num_bins)
     return table
 

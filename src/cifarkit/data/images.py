@@ -27,6 +27,8 @@ def load_image(path: str | os.PathLike) -> tuple[np.ndarray, bool]:
             rgb = image.convert("RGB")
     except FileNotFoundError:
         raise DataError(f"{path} does not exist") from None
+    except IsADirectoryError:
+        raise DataError(f"{path} is a directory, not an image file") from None
     except UnidentifiedImageError:
         raise DataError(f"{path} is not an image file PIL can read") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:

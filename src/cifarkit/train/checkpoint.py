@@ -27,8 +27,12 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
     # Serialize fully in memory first: a failure while pickling must not touch the target at all.
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    with atomic_open(path, "wb") as f:
-        f.write(buffer.getbuffer())
+    try:
+        with atomic_open(path, "wb") as f:
+            f.write(buffer.getbuffer())
+    except OSError as e:
+        kept = "the previous checkpoint there is intact" if Path(path).exists() else "nothing was written"
+        raise CheckpointError(f"could not write checkpoint {path}: {e.strerror or e}; {kept}") from None
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:

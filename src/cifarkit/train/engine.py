@@ -236,6 +236,9 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] *= st.lr_factor
         torch.manual_seed(derive_seed(self.recipe.seed, "step", step))   # dropout and other global draws
+        if cfg.on_nonfinite == "skip":   # a skipped step must not leave NaN in the BN running statistics
+            buffers = [b for b in self.model.buffers() if b.is_floating_point()]
+            saved_buffers = [b.clone() for b in buffers]
         targets = y
         if self.mixer is not None:
             progress = step / self.schedule.total_steps
@@ -263,6 +266,7 @@ class Trainer:
                                      f"lr {lr * st.lr_factor:.4g}); last good checkpoint: {last}; lower "
                                      "train.lr, enable train.grad_clip, or set train.on_nonfinite=skip")
             self.optimizer.zero_grad(set_to_none=True)
+            torch._foreach_copy_(buffers, saved_buffers)
             st.skipped_steps += 1
             st.lr_factor *= 0.5
             self.log(f"step {step}: non-finite loss, step skipped, learning rate now x{st.lr_factor:g}")

@@ -65,6 +65,7 @@ def train_run(recipe: Recipe, run_dir: str | Path, *, data_dir=None, resume: boo
         if diffs:
             log("resuming with a changed recipe (--force): " + "; ".join(diffs))
         check_writable(run.root)
+        run.remove_stale_temporaries()
     else:
         run.create(recipe)
     data = prepare_data(recipe.data, data_dir, log=log)

@@ -1,0 +1,136 @@
+"""End to end through the CLI on synthetic CIFAR-format data: train, resume, evaluate, predict, export."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cifarkit.cli import main
+from cifarkit.data.custom_test import read_submission
+from fakes import make_custom_test_pickle
+
+TINY = ["--recipe", "seed000", "--set", "data.verify=false", "--set", "data.val_size=100",
+        "--set", "model.stem_width=8", "--set", "model.widths=[8,16]", "--set", "model.blocks=[1,1]",
+        "--set", "train.batch_size=64", "--set", "train.warmup_epochs=1", "--seed", "1"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(fake_cifar, tmp_path_factory):
+    """A tiny SE-ResNet trained 2 epochs with the full seed000 machinery (AutoAugment, erasing,
+    MixUp/CutMix, focal loss, EMA, SWA, ensemble, 6-view TTA)."""
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    rc = main(["train", *TINY, "--epochs", "2", "--data-dir", str(fake_cifar), "--out", str(run),
+               "--set", "train.swa_start=0.5"])
+    assert rc == 0
+    return run
+
+
+def test_train_writes_a_complete_run_directory(trained_run):
+    for name in ("recipe.yaml", "run.json", "metrics.jsonl", "summary.json", "checkpoints/last.pt",
+                 "checkpoints/final.pt", "checkpoints/best.pt", "checkpoints/ema.pt", "checkpoints/swa.pt"):
+        assert (trained_run / name).is_file(), name
+    lines = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2]
+    assert {"train_loss", "train_acc", "val_loss", "val_acc", "ema_val_acc", "lr"} <= set(lines[0])
+    run_info = json.loads((trained_run / "run.json").read_text())
+    assert run_info["versions"]["torch"] == torch.__version__ and run_info["seed"] == 1
+    assert run_info["train"]["epochs_run"] == 2
+
+
+def test_evaluate_reports_every_model_and_writes_plots(trained_run):
+    summary = json.loads((trained_run / "summary.json").read_text())
+    assert set(summary["models"]) == {"final", "best", "ema", "swa", "ensemble"}
+    assert summary["models"]["ensemble"]["members"] == ["best", "ema", "swa"]
+    assert summary["selected"] in summary["models"] and summary["selected_by"] == "validation accuracy"
+    assert summary["tta"] == "flip_translate"
+    for entry in summary["models"].values():
+        test = entry["test"]
+        assert 0 <= test["accuracy"] <= 1 and len(test["confusion_matrix"]) == 10
+        assert sum(map(sum, test["confusion_matrix"])) == 200
+    assert summary["test_accuracy"] == summary["models"][summary["selected"]]["test"]["accuracy"]
+    pngs = sorted(p.name for p in (trained_run / "plots").glob("*.png"))
+    assert "training_curves.png" in pngs and "confusion_swa.png" in pngs and "roc_ensemble.png" in pngs
+    for png in (trained_run / "plots").glob("*.png"):
+        with Image.open(png) as im:
+            im.verify()
+
+
+def test_predict_writes_a_sorted_submission(trained_run, tmp_path, capsys):
+    pkl = make_custom_test_pickle(tmp_path / "cifar_test_nolabel.pkl", n=40,
+                                  ids=np.random.default_rng(0).permutation(40))
+    out = tmp_path / "submission.csv"
+    assert main(["predict", str(trained_run), "--input", str(pkl), "--output", str(out)]) == 0
+    header, ids, labels = read_submission(out)
+    assert header == ("ID", "Labels")
+    assert list(ids) == list(range(40)) and all(0 <= v < 10 for v in labels)
+    other = tmp_path / "other.csv"
+    assert main(["predict", str(trained_run), "--input", str(pkl), "--output", str(other),
+                 "--header", "id,label", "--weights", "ensemble", "--self-normalize"]) == 0
+    assert other.read_text().splitlines()[0] == "id,label"
+
+
+def test_predict_labels_image_files_and_export_matches(trained_run, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, size in enumerate((32, 48)):
+        path = tmp_path / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    capsys.readouterr()
+    assert main(["predict", str(trained_run), "--weights", "final", "--input", *paths, "--json"]) == 0
+    direct = json.loads(capsys.readouterr().out)
+    assert [r["resized"] for r in direct] == [False, True]
+    assert all(abs(sum(t["probability"] for t in r["top"]) - 1) < 1 for r in direct)
+    export_dir = tmp_path / "export"
+    assert main(["export", str(trained_run), "--weights", "final", "--out", str(export_dir)]) == 0
+    assert (export_dir / "model.safetensors").is_file()
+    meta = json.loads((export_dir / "model.json").read_text())
+    assert meta["recipe"]["model"]["widths"] == [8, 16]
+    capsys.readouterr()
+    assert main(["predict", str(export_dir), "--input", *paths, "--json"]) == 0
+    exported = json.loads(capsys.readouterr().out)
+    assert [r["top"] for r in exported] == [r["top"] for r in direct]
+
+
+def _weights(run):
+    from cifarkit.train.checkpoint import load_checkpoint
+    return load_checkpoint(run / "checkpoints" / "final.pt")["model"]
+
+
+def _metrics_without_timing(run):
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in ("epoch_seconds", "images_per_second")} for r in rows]
+
+
+@pytest.mark.parametrize("stop_at_step", [3, 5])     # mid-epoch 1 and mid-epoch 2 (5 steps per epoch)
+def test_sigterm_mid_epoch_then_resume_equals_an_uninterrupted_run(fake_cifar, tmp_path, monkeypatch, capsys,
+                                                                  stop_at_step):
+    import signal
+
+    from cifarkit.train import engine
+    common = [*TINY, "--epochs", "2", "--data-dir", str(fake_cifar), "--no-eval"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert main(["train", *common, "--out", str(straight)]) == 0
+
+    original_step = engine.Trainer._step
+
+    def step_then_signal(self, x, y, epoch, batch):
+        out = original_step(self, x, y, epoch, batch)
+        if self.state.step + 1 == stop_at_step:
+            signal.raise_signal(signal.SIGTERM)        # arrives during training, as `kill` would
+        return out
+
+    monkeypatch.setattr(engine.Trainer, "_step", step_then_signal)
+    assert main(["train", *common, "--out", str(resumed)]) == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    assert "SIGTERM received" in err and f"cifarkit train --resume {resumed}" in err
+    monkeypatch.setattr(engine.Trainer, "_step", original_step)
+    assert main(["train", "--resume", str(resumed), "--data-dir", str(fake_cifar), "--no-eval"]) == 0
+
+    a, b = _weights(straight), _weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert _metrics_without_timing(straight) == _metrics_without_timing(resumed)
