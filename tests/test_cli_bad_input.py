@@ -4,9 +4,6 @@ Every case calls the CLI in-process and checks the contract a user relies on: a 
 exactly one line on stderr starting with "cifarkit: error:", no traceback, and no half-written
 output (no run directory, no submission file, no temporary file). One subprocess test checks the
 same through the real console entry point.
-
-Cases marked xfail(strict=True) are known defects: each one states what should happen, and
-starts failing (XPASS) once the defect is fixed, so the marker can be removed.
 """
 
 from __future__ import annotations
@@ -111,8 +108,6 @@ def test_missing_data_dir_without_download(capsys, tmp_path):
     assert "CIFAR-10 not found" in msg and "nowhere" in msg and "--data-dir" in msg
 
 
-@pytest.mark.xfail(strict=True, reason="train_run writes recipe.yaml before loading data, so a failed "
-                   "start leaves a run directory that refuses the same command again")
 def test_failed_start_leaves_no_run_behind(capsys, tmp_path):
     out = tmp_path / "run"
     user_error(capsys, train_argv(tmp_path / "nowhere", out, "--set", "data.download=false"))
@@ -392,8 +387,6 @@ def test_unknown_recipe_names_the_nearest_one(capsys):
     assert "seed02" in msg and "did you mean" in msg and "seed002" in msg
 
 
-@pytest.mark.xfail(strict=True, reason="an unknown recipe name is reported as \"unknown key 'recipe seed02'\" "
-                   "instead of naming it a recipe")
 def test_unknown_recipe_message_wording(capsys):
     msg = user_error(capsys, ["summary", "--recipe", "seed02"])
     assert "unknown recipe 'seed02'" in msg
@@ -440,8 +433,6 @@ def other_weights(fake_cifar, tmp_path_factory) -> Path:
     return out / "checkpoints" / "final.pt"
 
 
-@pytest.mark.xfail(strict=True, reason="weights are rebuilt from the recipe stored inside the .pt file; the run's "
-                   "recipe.yaml is never compared with it, so foreign weights are used silently")
 def test_run_whose_weights_disagree_with_its_recipe(capsys, trained_run, other_weights, image_file, tmp_path):
     mixed = tmp_path / "mixed"
     shutil.copytree(trained_run, mixed)
@@ -483,22 +474,11 @@ def _torch_file(kind: str, path: Path, trained_run: Path) -> Path:
     return path
 
 
-TORCH_FILE_BUGS = {
-    "truncated .pt": "torch.load raises OSError (Errno 22), which load_checkpoint does not turn into a "
-                     "CheckpointError: the user sees only 'Invalid argument'",
-    "text named .pt": "torch.load raises KeyError from its weights-only unpickler, which load_checkpoint does not catch",
-    "other text named .pt": "the message quotes torch's advice to re-run torch.load with weights_only=False",
-    "pickled nn.Module": "the message quotes torch's first line: ANSI bold escape codes and advice to load "
-                         "untrusted code",
-}
 TORCH_FILES = ["truncated .pt", "cut early .pt", "text named .pt", "other text named .pt", "plain state dict",
                "dict without marker", "pickled nn.Module"]
 
 
-@pytest.mark.parametrize("kind", [
-    pytest.param(k, marks=pytest.mark.xfail(strict=True, reason=TORCH_FILE_BUGS[k])) if k in TORCH_FILE_BUGS else k
-    for k in TORCH_FILES
-])
+@pytest.mark.parametrize("kind", TORCH_FILES)
 def test_bad_weights_file(capsys, trained_run, image_file, tmp_path, kind):
     weights = _torch_file(kind, tmp_path / "model.pt", trained_run)
     msg = user_error(capsys, ["predict", weights, "-i", image_file, "--device", "cpu"])

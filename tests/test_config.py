@@ -56,7 +56,7 @@ def test_overrides_parse_yaml_values_and_nest():
 
 
 def test_unknown_recipe_name_suggests_the_nearest():
-    with pytest.raises(ConfigError, match="did you mean 'recipe seed002'"):
+    with pytest.raises(ConfigError, match="unknown recipe 'seed02'; did you mean 'seed002'"):
         load_recipe("seed02")
 
 
@@ -65,3 +65,15 @@ def test_recipe_diff_lists_changed_keys():
     b = recipe_to_dict(load_recipe("seed002", ["train.lr=0.2", "augment.erasing_p=0"]))
     diffs = recipe_diff(a, b)
     assert diffs == ["augment.erasing_p: 0.5 -> 0.0", "train.lr: 0.1 -> 0.2"]
+
+
+def test_a_recipe_can_start_from_a_base(tmp_path):
+    child = tmp_path / "mine.yaml"
+    child.write_text("base: seed002\nname: mine\ntrain:\n  epochs: 7\naugment:\n  erasing_p: 0.0\n")
+    recipe = load_recipe(str(child))
+    assert recipe.name == "mine" and recipe.train.epochs == 7 and recipe.augment.erasing_p == 0.0
+    assert recipe.train.lr == 0.1 and recipe.augment.policy == "randaugment"   # inherited
+    loop = tmp_path / "loop.yaml"
+    loop.write_text(f"base: {loop}\n")
+    with pytest.raises(ConfigError, match="loops"):
+        load_recipe(str(loop))

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
 from cifarkit.config import load_recipe, recipe_to_dict
@@ -23,7 +22,7 @@ from cifarkit.evaluate.metrics import accuracy
 from cifarkit.evaluate.report import autocast_dtype
 from cifarkit.evaluate.tta import predict_probs
 from cifarkit.fsio import write_json
-from cifarkit.models.registry import flops_per_image
+from cifarkit.models.registry import build_model, flops_per_image
 from cifarkit.rundir import RunDir
 from cifarkit.runinfo import resolve_device, run_record
 from cifarkit.stats import describe, one_sided_p_value
@@ -79,7 +78,6 @@ def run_benchmark(recipe_name: str, *, seeds: int = 3, overrides: list[str] | No
     accs = [r["accuracy"] for r in runs]
     times = [r["seconds"] for r in runs]
     train_images = len(data.train_idx) // base.train.batch_size * base.train.batch_size * base.train.epochs
-    from cifarkit.models.registry import build_model
     fwd_flops = flops_per_image(build_model(base.model, data.num_classes))
     train_time = statistics.median(r["train_seconds"] for r in runs)
     result = {
@@ -103,4 +101,3 @@ def run_benchmark(recipe_name: str, *, seeds: int = 3, overrides: list[str] | No
     return result
 
 
-__all__ = ["run_benchmark", "time_one_seed", "np"]

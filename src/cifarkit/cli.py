@@ -10,7 +10,7 @@ from pathlib import Path
 from cifarkit import __version__
 from cifarkit.errors import CifarkitError
 
-DEFAULT_RECIPE = "fast"
+DEFAULT_RECIPE = "fast94"
 
 
 def _recipe_args(p: argparse.ArgumentParser, default: str | None = DEFAULT_RECIPE) -> None:
@@ -42,6 +42,8 @@ def cmd_recipes(args) -> int:
 
 def cmd_summary(args) -> int:
     from cifarkit.models.registry import build_model, check_budget, summarize
+    if args.run and not args.recipe_given:
+        args.recipe = str(Path(args.run) / "recipe.yaml")
     recipe = _resolve(args)
     model = build_model(recipe.model, 100 if recipe.data.dataset == "cifar100" else 10)
     info = summarize(model)

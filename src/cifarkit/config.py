@@ -17,7 +17,7 @@ import yaml
 
 from cifarkit.errors import ConfigError
 from cifarkit.models.specs import MODEL_SPECS, ModelSpec, ResNetSpec
-from cifarkit.schema import check, coerce, parse_dataclass, to_dict, unknown_key_error
+from cifarkit.schema import check, coerce, nearest, parse_dataclass, to_dict
 
 Precision = Literal["fp32", "bf16", "fp16"]
 
@@ -209,12 +209,19 @@ def builtin_recipe_names() -> list[str]:
 def builtin_recipe_text(name: str) -> str:
     path = resources.files("cifarkit") / "recipes" / f"{name}.yaml"
     if not path.is_file():
-        raise unknown_key_error("recipe ", name, builtin_recipe_names())
+        names = builtin_recipe_names()
+        hint = nearest(name, names)
+        raise ConfigError(f"unknown recipe '{name}'" + (f"; did you mean '{hint}'?" if hint else "")
+                          + f" (built-in: {', '.join(names)}; or give a .yaml path)")
     return path.read_text(encoding="utf-8")
 
 
-def load_recipe_dict(name_or_path: str) -> dict:
-    """A built-in recipe name (`seed002`) or a path to a YAML file."""
+def load_recipe_dict(name_or_path: str, _chain: tuple[str, ...] = ()) -> dict:
+    """A built-in recipe name (`seed002`) or a path to a YAML file.
+
+    A recipe may start from another with `base: NAME_OR_PATH`; its own keys then override the
+    base's, section by section (a small file can say only what it changes).
+    """
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
@@ -225,8 +232,34 @@ def load_recipe_dict(name_or_path: str) -> dict:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"recipe {name_or_path} is not valid YAML: {e}".splitlines()[0]) from None
-    return data or {}
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"recipe {name_or_path} is not valid YAML{where}: {problem}") from None
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {name_or_path} must be a mapping of sections, got {type(data).__name__}")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"recipe {name_or_path}: 'base' must name a recipe")
+    if base in _chain or base == name_or_path:
+        raise ConfigError(f"recipe {name_or_path}: 'base' chain loops through '{base}'")
+    if not Path(base).suffix and Path(name_or_path).suffix:    # a sibling file, e.g. base: mine.yaml
+        sibling = Path(name_or_path).parent / f"{base}.yaml"
+        base = str(sibling) if sibling.is_file() else base
+    return merge_recipe_dicts(load_recipe_dict(base, _chain + (name_or_path,)), data)
+
+
+def merge_recipe_dicts(base: dict, override: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_recipe_dicts(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:

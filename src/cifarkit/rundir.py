@@ -48,11 +48,15 @@ class RunDir:
     def exists(self) -> bool:
         return self.recipe_path.is_file()
 
-    def create(self, recipe: Recipe) -> None:
-        """Make the directory for a new run; refuse to mix two runs in one directory."""
+    def check_new(self) -> None:
+        """Refuse to mix two runs in one directory."""
         if self.exists():
             raise CifarkitError(f"{self.root} already holds a run; continue it with --resume {self.root}, "
                                 "or choose another directory with --out")
+
+    def create(self, recipe: Recipe) -> None:
+        """Make the directory for a new run and write its resolved recipe."""
+        self.check_new()
         check_writable(self.root)
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         write_text(self.recipe_path, dump_recipe(recipe))

@@ -124,7 +124,7 @@ def load_cifar(dataset: str = "cifar10", data_dir: str | os.PathLike | None = No
         if not download:
             places = ", ".join(str(p) for p in looked)
             raise DataError(f"{layout.title} not found (looked for {places}); pass --data-dir "
-                            "pointing at the archive or its folder, or allow downloading")
+                            "pointing at the archive or its folder, or pass --set data.download=true")
         path = _download_target(layout, root)
         log(f"{layout.title} not found under {root}; downloading {layout.url} to {path}")
         download_archive(layout.url, path, layout.md5, log=log)
@@ -155,8 +155,8 @@ def verify_cifar10(arrays: CifarArrays) -> None:
         found = len(getattr(arrays, f"{split}_labels"))
         if found != CIFAR10_COUNTS[split]:
             raise DataError(f"{arrays.source}: {split} split has {found} images, not the "
-                            f"{CIFAR10_COUNTS[split]} of CIFAR-10 (pass verify=False / "
-                            "data.verify=false for a custom copy)")
+                            f"{CIFAR10_COUNTS[split]} of CIFAR-10 (pass "
+                            "--set data.verify=false for a custom copy)")
     arrays_by_name = {
         "train images": arrays.train_images, "train labels": arrays.train_labels.astype(np.uint8),
         "test images": arrays.test_images, "test labels": arrays.test_labels.astype(np.uint8),
@@ -166,7 +166,7 @@ def verify_cifar10(arrays: CifarArrays) -> None:
         if digest != CIFAR10_SHA256[name]:
             raise DataError(f"{arrays.source}: {name} do not match official CIFAR-10 (sha256 "
                             f"{digest[:16]}... instead of {CIFAR10_SHA256[name][:16]}...); the copy "
-                            "is corrupt or modified (pass verify=False / data.verify=false to use it anyway)")
+                            "is corrupt or modified (pass --set data.verify=false to use it anyway)")
 
 
 # --- finding the data ---------------------------------------------------------------------

@@ -94,7 +94,7 @@ def write_submission(path: str | os.PathLike, ids: Sequence[int] | np.ndarray,
         raise DataError(f"cannot write {path}: labels must be class indices in 0..{num_classes - 1}")
     if len(header) != 2:
         raise DataError(f"cannot write {path}: the header needs exactly two column names, got {list(header)}")
-    _check_writable_target(path)
+    check_writable_target(path)
     order = np.argsort(ids_array, kind="stable")
     with atomic_open(path, "w") as f:
         writer = csv.writer(f, lineterminator="\n")
@@ -103,7 +103,7 @@ def write_submission(path: str | os.PathLike, ids: Sequence[int] | np.ndarray,
     return path
 
 
-def _check_writable_target(path: Path) -> None:
+def check_writable_target(path: Path) -> None:
     """DataError when `path` is a folder or sits under a file or a read-only folder."""
     if path.is_dir():
         raise DataError(f"cannot write {path}: it is a directory; give a file name such as {path / 'submission.csv'}")

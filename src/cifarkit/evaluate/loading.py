@@ -13,6 +13,7 @@ from cifarkit.config import Recipe, recipe_from_dict
 from cifarkit.errors import CheckpointError, CifarkitError
 from cifarkit.models.registry import build_model
 from cifarkit.rundir import RunDir
+from cifarkit.schema import to_dict
 from cifarkit.train.checkpoint import load_checkpoint, load_weights
 
 
@@ -77,7 +78,20 @@ def load_trained(source: str | Path, weights: str = "auto", device="cpu") -> Tra
     if not run.weights(kind).is_file():
         have = ", ".join(run.available_weights()) or "none (train it first)"
         raise CheckpointError(f"{run.root} has no '{kind}' weights; available: {have}")
-    return load_weights_file(run.weights(kind), device)
+    trained = load_weights_file(run.weights(kind), device)
+    _check_matches_run(trained, run)
+    return trained
+
+
+def _check_matches_run(trained: TrainedModel, run: RunDir) -> None:
+    """Weights copied in from another run must not pass for this run's model."""
+    expected = to_dict(run.load_recipe().model)
+    found = to_dict(trained.recipe.model)
+    if expected != found:
+        diffs = [f"{k}: {found.get(k)!r} in the weights, {expected.get(k)!r} in recipe.yaml"
+                 for k in sorted(set(expected) | set(found)) if expected.get(k) != found.get(k)]
+        raise CheckpointError(f"{trained.source} does not belong to {run.root}: its architecture differs "
+                              f"({'; '.join(diffs[:4])})")
 
 
 def select_weights(run: RunDir) -> str:

@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 
-from cifarkit.data.custom_test import load_custom_test, write_submission
+from cifarkit.data.custom_test import check_writable_target, load_custom_test, write_submission
 from cifarkit.data.images import load_image
 from cifarkit.data.loader import DeviceLoader, channel_stats
 from cifarkit.errors import CifarkitError
@@ -50,6 +49,7 @@ def predict_submission(source, input_path, output_path, *, weights="auto", tta=N
                        header=("ID", "Labels"), self_normalize=False, log: Callable[[str], None] = print) -> dict:
     device = resolve_device(device)
     images, ids = load_custom_test(input_path)          # validated before any model is loaded
+    check_writable_target(Path(output_path))
     members = load_members(source, weights, device)
     probs = predict_array(members, images, tta=tta, device=device, self_normalize=self_normalize)
     labels = probs.argmax(1)
@@ -76,4 +76,3 @@ def predict_images(source, paths: list[str | Path], *, weights="auto", tta=None,
     return results
 
 
-__all__ = ["predict_submission", "predict_images", "predict_array", "load_members", "torch"]

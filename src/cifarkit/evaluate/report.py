@@ -17,7 +17,7 @@ import torch
 
 from cifarkit.config import Recipe
 from cifarkit.data.prepare import make_loader, prepare_data
-from cifarkit.evaluate.loading import load_weights_file
+from cifarkit.evaluate.loading import load_trained
 from cifarkit.evaluate.metrics import accuracy, evaluation_summary, roc_curves
 from cifarkit.evaluate.plots import plot_confusion_matrix, plot_roc_curves, plot_training_curves
 from cifarkit.evaluate.tta import predict_probs
@@ -62,7 +62,7 @@ def evaluate_run(run_dir: str | Path, data_dir=None, *, tta: str | None = None, 
     models, val_probs, test_probs = {}, {}, {}
     n_params = None
     for kind in kinds:
-        trained = load_weights_file(run.weights(kind), device)
+        trained = load_trained(run.root, kind, device)
         n_params = n_params or count_parameters(trained.model)
         entry = {}
         if val_loader is not None:

@@ -41,9 +41,13 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, zipfile.BadZipFile, EOFError, ValueError, AttributeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} is not a loadable cifarkit checkpoint ({first[:200]})") from None
+    except pickle.UnpicklingError:
+        # weights_only refused something that is not a tensor or plain container: never run it.
+        raise CheckpointError(f"{path} is not a cifarkit checkpoint: it holds objects other than tensors "
+                              "and plain values, which could run code, so it is refused") from None
+    except (RuntimeError, zipfile.BadZipFile, EOFError, ValueError, AttributeError, OSError, KeyError,
+            IndexError, TypeError):
+        raise CheckpointError(f"{path} is not a loadable cifarkit checkpoint (truncated, or not a torch file)") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a cifarkit checkpoint (no '{FORMAT}' marker)")
     return state

@@ -136,7 +136,7 @@ class Trainer:
         # A sync per step costs GPU throughput; on the CPU it is free.
         self.check_every = 1 if (device.type == "cpu" or self.cfg.on_nonfinite == "skip") else 25
         self.state = TrainState()
-        self.tb = _tensorboard_writer(run) if persist else None
+        self.tb = None              # opened when training starts, so a failed start leaves no files
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -178,6 +178,8 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------------
     def fit(self) -> dict:
         cfg, st = self.cfg, self.state
+        if self.persist:
+            self.tb = _tensorboard_writer(self.run)
         if st.epoch == 0 and st.batch == 0:
             self.log(f"training {self.recipe.name}: {cfg.epochs} epochs x {self.steps_per_epoch} steps, "
                      f"batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr}, {cfg.precision} on {self.device}")

@@ -67,9 +67,12 @@ def train_run(recipe: Recipe, run_dir: str | Path, *, data_dir=None, resume: boo
         check_writable(run.root)
         run.remove_stale_temporaries()
     else:
-        run.create(recipe)
+        run.check_new()            # refuse early, before any data is read
+        check_writable(run.root)
     data = prepare_data(recipe.data, data_dir, log=log)
     trainer = build_trainer(recipe, data, run, device, log)
+    if not resume:
+        run.create(recipe)         # only now: a failed start leaves no half-made run behind
     if resume and run.last.exists():
         trainer.load_state_dict(load_checkpoint(run.last, map_location=device))
         st = trainer.state

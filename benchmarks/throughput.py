@@ -1,0 +1,100 @@
+"""Training throughput of a recipe through the real loader and training step, and the share of
+step time spent preparing batches (gather, per-image augmentation, normalization, mixing).
+
+    python benchmarks/throughput.py --recipe seed002 --batch 128 512 --device cpu \
+        --json benchmarks/results/throughput-seed002-cpu.json
+
+Images are random uint8 arrays of CIFAR's shape: the cost of every op used here does not depend on
+pixel values. Each configuration runs `--warmup` untimed steps, then `--steps` timed ones, with the
+device synchronized around each phase.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cifarkit.augment.pipeline import build_augment
+from cifarkit.config import load_recipe, recipe_to_dict
+from cifarkit.data.loader import CIFAR10_MEAN, CIFAR10_STD
+from cifarkit.data.prepare import make_loader
+from cifarkit.fsio import write_json
+from cifarkit.models.registry import build_model
+from cifarkit.rundir import RunDir
+from cifarkit.runinfo import resolve_device, run_record
+from cifarkit.train.engine import Trainer
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(recipe_name: str, batch: int, device: torch.device, steps: int, warmup: int) -> dict:
+    recipe = load_recipe(recipe_name, [f"train.batch_size={batch}", f"device={device.type}"])
+    n = batch * (steps + warmup)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
+    labels = rng.integers(0, 10, n)
+    augment = build_augment(recipe.augment, CIFAR10_MEAN, seed=recipe.seed)
+    loader = make_loader(images, labels, recipe, device, mean=CIFAR10_MEAN, std=CIFAR10_STD, train=True,
+                         augment=augment)
+    model = build_model(recipe.model, 10).to(device, memory_format=torch.channels_last)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(recipe, model, loader, None, RunDir(tmp), device, persist=False)
+        loader.set_epoch(0)
+        batches = iter(loader)
+        prep, step = [], []
+        for i in range(steps + warmup):
+            sync(device)
+            t0 = time.perf_counter()
+            x, y = next(batches)
+            sync(device)
+            t1 = time.perf_counter()
+            trainer._step(x, y, 0, i)
+            trainer.state.step += 1
+            sync(device)
+            t2 = time.perf_counter()
+            if i >= warmup:
+                prep.append(t1 - t0)
+                step.append(t2 - t1)
+    total = sum(prep) + sum(step)
+    return {"recipe": recipe_name, "batch_size": batch, "steps": steps,
+            "images_per_second": batch * steps / total,
+            "batch_preparation_share": sum(prep) / total,
+            "median_prep_ms": 1000 * statistics.median(prep), "median_step_ms": 1000 * statistics.median(step),
+            "augment": list(augment.op_names) if augment else [],
+            "recipe_resolved": recipe_to_dict(recipe)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", nargs="+", default=["seed002", "seed004"])
+    parser.add_argument("--batch", type=int, nargs="+", default=[128, 512])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    results = []
+    for name in args.recipe:
+        for batch in args.batch:
+            r = measure(name, batch, device, args.steps, args.warmup)
+            results.append(r)
+            print(f"{name} batch {batch}: {r['images_per_second']:.0f} images/s, batch preparation "
+                  f"{100 * r['batch_preparation_share']:.1f}% of step time", flush=True)
+    if args.json:
+        write_json(args.json, {"results": results, **run_record(device)})
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
