@@ -134,3 +134,16 @@ def test_sigterm_mid_epoch_then_resume_equals_an_uninterrupted_run(fake_cifar, t
     a, b = _weights(straight), _weights(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert _metrics_without_timing(straight) == _metrics_without_timing(resumed)
+
+
+def test_smoke_on_the_real_dataset(real_data, tmp_path):
+    """The default recipe end to end on the real CIFAR-10 copy, shrunk to a few steps."""
+    run = tmp_path / "real"
+    rc = main(["train", "--data-dir", str(real_data), "--out", str(run), "--epochs", "1",
+               "--set", "data.val_size=500", "--set", "data.train_subset=2000", "--set", "train.batch_size=256",
+               "--set", "train.warmup_epochs=0.5",
+               "--set", "eval.tta=none"])
+    assert rc == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["recipe"] == "fast94" and summary["models"]["final"]["test"]["num_samples"] == 10000
+    assert 0.2 < summary["test_accuracy"] <= 1.0          # far above chance after 7 steps on 2,000 images

@@ -56,6 +56,7 @@ def run_benchmark(recipe_name: str, *, seeds: int = 3, overrides: list[str] | No
                   out=None, first_seed: int = 0, log: Callable[[str], None] = print) -> dict:
     base = load_recipe(recipe_name, overrides)
     device = resolve_device(base.device)
+    record = run_record(device)          # taken before the runs: the commit of the code that runs
     data = prepare_data(base.data, data_dir, log=log)
     test_loader = make_loader(data.arrays.test_images, data.arrays.test_labels, base, device,
                               mean=data.mean, std=data.std, train=False)
@@ -91,7 +92,7 @@ def run_benchmark(recipe_name: str, *, seeds: int = 3, overrides: list[str] | No
         "forward_flops_per_image": fwd_flops,
         "training_flops_per_second": 3 * fwd_flops * train_images / train_time,
         "timing": "first training step to end of the final TTA evaluation; data decoded and on the device",
-        "recipe_resolved": recipe_to_dict(base), **run_record(device),
+        "recipe_resolved": recipe_to_dict(base), **record,
     }
     out = Path(out) if out else Path("benchmarks") / "results" / f"{base.name}-{device.type}.json"
     write_json(out, result)

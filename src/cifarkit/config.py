@@ -27,11 +27,13 @@ class DataConfig:
     dataset: Literal["cifar10", "cifar100"] = "cifar10"
     val_size: int = 5000                  # held-out, stratified; 0 = train on all 50k
     split_seed: int = 0                   # the split stays fixed across training seeds
+    train_subset: int = 0                 # train on a stratified subset of this many images; 0 = all
     download: bool = True                 # fetch over HTTPS when no local copy is found
     verify: bool = True                   # check CIFAR-10 pixels and labels by content hash
 
     def validate(self) -> None:
         check(0 <= self.val_size < 50000, "'data.val_size' must be in [0, 50000)")
+        check(self.train_subset >= 0, "'data.train_subset' must be >= 0")
 
 
 @dataclass

@@ -41,6 +41,10 @@ class PreparedData:
 def prepare_data(cfg: DataConfig, data_dir=None, log: Callable[[str], None] = print) -> PreparedData:
     arrays = load_cifar(cfg.dataset, data_dir, download=cfg.download, verify=cfg.verify, log=log)
     train_idx, val_idx = stratified_split(arrays.train_labels, cfg.val_size, cfg.split_seed)
+    if cfg.train_subset and cfg.train_subset < len(train_idx):
+        # Quick experiments: a class-balanced part of the training split (the validation split is unchanged).
+        _, keep = stratified_split(arrays.train_labels[train_idx], cfg.train_subset, cfg.split_seed)
+        train_idx = train_idx[keep]
     if cfg.dataset == "cifar10" and len(arrays.train_labels) == 50000:
         mean, std = CIFAR10_MEAN, CIFAR10_STD
     else:
