@@ -12,7 +12,6 @@ device synchronized around each phase.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time

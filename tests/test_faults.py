@@ -20,7 +20,6 @@ import pytest
 import torch
 
 from cifarkit.cli import main
-from cifarkit.errors import CheckpointError
 from cifarkit.train.checkpoint import load_checkpoint
 
 TINY = ["--recipe", "seed002", "--set", "data.verify=false", "--set", "data.val_size=100",

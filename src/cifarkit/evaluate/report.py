@@ -17,6 +17,7 @@ import torch
 
 from cifarkit.config import Recipe
 from cifarkit.data.prepare import make_loader, prepare_data
+from cifarkit.errors import CheckpointError
 from cifarkit.evaluate.loading import load_trained
 from cifarkit.evaluate.metrics import accuracy, evaluation_summary, roc_curves
 from cifarkit.evaluate.plots import plot_confusion_matrix, plot_roc_curves, plot_training_curves
@@ -41,7 +42,6 @@ def evaluate_run(run_dir: str | Path, data_dir=None, *, tta: str | None = None, 
     recipe = run.load_recipe()
     kinds = run.available_weights()
     if not kinds:
-        from cifarkit.errors import CheckpointError
         raise CheckpointError(f"{run.root} has no trained weights yet; finish (or resume) training first")
     device = resolve_device(device or recipe.device)
     mode = tta or recipe.eval.tta
