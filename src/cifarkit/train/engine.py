@@ -229,6 +229,8 @@ class Trainer:
             append_jsonl(self.run.metrics, record)
         self._log_epoch(record)
         self.save_last()
+        if interrupt.signum is not None:           # arrived during validation or the checkpoint write
+            raise Interrupted(interrupt.signum, self.run.root)
 
     def _step(self, x, y, epoch: int, batch: int):
         cfg, st = self.cfg, self.state
