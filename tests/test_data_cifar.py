@@ -412,3 +412,31 @@ def test_download_target_for_an_archive_path(tmp_path):
     layout = cifar._LAYOUTS["cifar10"]
     assert cifar._download_target(layout, tmp_path / "my.tar.gz") == tmp_path / "my.tar.gz"
     assert cifar._download_target(layout, tmp_path / "dir") == tmp_path / "dir" / ARCHIVE
+
+
+def test_download_command_extracts_a_local_archive_safely(tmp_path, capsys):
+    from cifarkit.cli import main
+    from fakes import make_fake_cifar
+    root = make_fake_cifar(tmp_path / "d", n_train=50, n_test=10, archive=True)
+    assert main(["download", "--data-dir", str(root), "--extract", "--no-verify"]) == 0
+    assert (root / "cifar-10-batches-py" / "data_batch_1").is_file()
+    assert f"--data-dir {root / 'cifar-10-batches-py'}" in capsys.readouterr().out
+    # A second call finds the extracted folder and reads it.
+    assert main(["download", "--data-dir", str(root), "--no-verify"]) == 0
+
+
+def test_download_command_refuses_a_traversing_archive(tmp_path, capsys):
+    from cifarkit.cli import main
+    from fakes import make_fake_cifar, write_tar
+    import tarfile
+    root = make_fake_cifar(tmp_path / "d", n_train=50, n_test=10, archive=True)
+    archive = root / "cifar-10-python.tar.gz"
+    with tarfile.open(archive) as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+    members["../escaped.txt"] = b"x"
+    archive.unlink()
+    write_tar(archive, members)
+    rc = main(["download", "--data-dir", str(root), "--extract", "--no-verify"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "refuses to extract member '../escaped.txt'" in err
+    assert not (tmp_path / "escaped.txt").exists() and not (root / "cifar-10-batches-py").exists()

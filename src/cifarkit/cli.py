@@ -127,6 +127,13 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_download(args) -> int:
+    from cifarkit.data.cifar import fetch_cifar
+    path = fetch_cifar(args.dataset, args.data_dir, extract=args.extract, verify=not args.no_verify)
+    print(f"ready: pass --data-dir {path}")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from cifarkit.bench import run_benchmark
     extra = [f"device={args.device}"] if args.device else []
@@ -187,6 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default="auto", choices=["auto", "final", "best", "ema", "swa"])
     p.add_argument("--out", help="output folder (default: RUN_DIR/export)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("download", help="fetch (HTTPS, MD5) and verify CIFAR-10/100; optionally extract it")
+    p.add_argument("--dataset", default="cifar10", choices=["cifar10", "cifar100"])
+    p.add_argument("--data-dir", help="where to look and download (default: $CIFARKIT_DATA, then ./data)")
+    p.add_argument("--extract", action="store_true", help="also unpack the archive (safely) next to it")
+    p.add_argument("--no-verify", action="store_true", help="skip the CIFAR-10 content check")
+    p.set_defaults(func=cmd_download)
 
     p = sub.add_parser("bench", help="train a recipe over several seeds; write accuracy and timing JSON")
     _recipe_args(p, default="fast94")

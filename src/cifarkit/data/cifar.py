@@ -149,6 +149,28 @@ def load_cifar(dataset: str = "cifar10", data_dir: str | os.PathLike | None = No
     return arrays
 
 
+def fetch_cifar(dataset: str = "cifar10", data_dir: str | os.PathLike | None = None, *, extract: bool = False,
+                verify: bool = True, log: Log = print) -> Path:
+    """`cifarkit download`: make sure a checked local copy exists; optionally unpack the archive.
+
+    Downloads when nothing is there, reads and verifies the copy (so a bad one fails now, not at
+    training time), and with `extract` unpacks an archive next to itself through `extract_archive`
+    (no path traversal, no links). Returns the path later commands can be given as --data-dir.
+    """
+    arrays = load_cifar(dataset, data_dir, download=True, verify=verify, log=log)
+    source = Path(arrays.source)
+    if not (extract and source.is_file()):
+        return source
+    layout = _layout(dataset)
+    target = source.parent
+    if (target / layout.folder).is_dir():
+        log(f"{target / layout.folder} already exists; not extracting again")
+    else:
+        extract_archive(source, target)
+        log(f"extracted {source} into {target / layout.folder}")
+    return target / layout.folder
+
+
 def verify_cifar10(arrays: CifarArrays) -> None:
     """Raise DataError unless the arrays are exactly the official CIFAR-10 pixels and labels."""
     for split in ("train", "test"):
