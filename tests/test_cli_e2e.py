@@ -147,3 +147,28 @@ def test_smoke_on_the_real_dataset(real_data, tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["recipe"] == "fast94" and summary["models"]["final"]["test"]["num_samples"] == 10000
     assert 0.2 < summary["test_accuracy"] <= 1.0          # far above chance after 7 steps on 2,000 images
+
+
+def test_micro_batches_accumulate_the_same_gradient(fake_cifar, tmp_path):
+    """Without BN, splitting a batch into micro-batches changes nothing but rounding."""
+    from cifarkit.config import load_recipe
+    from cifarkit.data.prepare import prepare_data
+    from cifarkit.rundir import RunDir
+    from cifarkit.train.run import build_trainer
+    grads = []
+    for micro in (0, 16):
+        recipe = load_recipe("seed002", ["data.verify=false", "data.val_size=100", "train.batch_size=64",
+                                          f"train.micro_batch={micro}", "train.precision=fp32",
+                                          "model.stem_width=8", "model.widths=[8]", "model.blocks=[1]"])
+        data = prepare_data(recipe.data, fake_cifar, log=lambda m: None)
+        trainer = build_trainer(recipe, data, RunDir(tmp_path / f"r{micro}"), torch.device("cpu"),
+                                log=lambda m: None, persist=False)
+        trainer.model.eval()                       # BN uses running statistics: batch-independent
+        x, y = next(iter(trainer.train_loader))
+        trainer.optimizer.zero_grad()
+        loss, hits = trainer._forward_backward(x, y)
+        grads.append((loss, hits, [p.grad.clone() for p in trainer.model.parameters()]))
+    (l0, h0, g0), (l1, h1, g1) = grads
+    assert torch.allclose(l0, l1, atol=1e-6) and h0 == h1
+    diffs = [(a - b).abs().max().item() for a, b in zip(g0, g1)]
+    assert max(diffs) < 1e-5, diffs

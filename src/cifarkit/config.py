@@ -86,6 +86,7 @@ class AugmentConfig:
 class TrainConfig:
     epochs: int = 30
     batch_size: int = 128
+    micro_batch: int = 0                  # split each batch into pieces this big (gradients accumulate); 0 = off
     optimizer: Literal["sgd", "adamw", "muon"] = "sgd"
     lr: float = 0.1                       # peak learning rate
     momentum: float = 0.9
@@ -119,6 +120,7 @@ class TrainConfig:
     def validate(self) -> None:
         check(self.epochs >= 1, "'train.epochs' must be >= 1")
         check(self.batch_size >= 1, "'train.batch_size' must be >= 1")
+        check(0 <= self.micro_batch, "'train.micro_batch' must be >= 0")
         check(self.lr > 0, "'train.lr' must be positive")
         check(0 <= self.momentum < 1, "'train.momentum' must be in [0, 1)")
         check(0 <= self.dampening < 1, "'train.dampening' must be in [0, 1)")

@@ -249,14 +249,8 @@ class Trainer:
             if self.mixer.active(progress):
                 generator = make_generator(self.recipe.seed, self.device, "mix", epoch, batch)
                 x, targets = self.mixer(x, y, progress, generator)
-        with autocast(self.device, cfg.precision):
-            logits = self.forward(x)
-        loss = self.loss_fn(logits.float(), targets)
         self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-        else:
-            loss.backward()
+        loss, hits = self._forward_backward(x, targets)
         grad_norm = None
         if cfg.grad_clip > 0:
             if self.scaler is not None:
@@ -284,8 +278,27 @@ class Trainer:
             self.ema.update(self.model)
         if self.lookahead is not None:
             self.lookahead.step(self.model, step + 1)
-        hard = targets if targets.ndim == 1 else targets.argmax(1)
-        return loss.detach(), (logits.detach().argmax(1) == hard).sum()
+        return loss, hits
+
+    def _forward_backward(self, x, targets):
+        """Gradients of the batch-mean loss, accumulated over micro-batches of `train.micro_batch`
+        images (smaller pieces run faster on CPUs; BN then normalizes each piece on its own).
+        Returns the batch loss and the number of correct predictions, both detached."""
+        size = self.cfg.micro_batch or len(x)
+        loss_sum = torch.zeros((), device=self.device)
+        hits = torch.zeros((), dtype=torch.int64, device=self.device)
+        for xs, ts in zip(x.split(size), targets.split(size)):
+            with autocast(self.device, self.cfg.precision):
+                logits = self.forward(xs)
+            loss = self.loss_fn(logits.float(), ts) * (len(xs) / len(x))
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+            else:
+                loss.backward()
+            loss_sum += loss.detach()
+            hard = ts if ts.ndim == 1 else ts.argmax(1)
+            hits += (logits.detach().argmax(1) == hard).sum()
+        return loss_sum, hits
 
     def _finite(self, loss, grad_norm) -> bool:
         ok = torch.isfinite(loss)
