@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from cifarkit.augment.pipeline import build_augment
+from cifarkit.bench import synchronize
 from cifarkit.config import load_recipe, recipe_to_dict
 from cifarkit.data.loader import CIFAR10_MEAN, CIFAR10_STD
 from cifarkit.data.prepare import make_loader
@@ -29,11 +30,6 @@ from cifarkit.models.registry import build_model
 from cifarkit.rundir import RunDir
 from cifarkit.runinfo import resolve_device, run_record
 from cifarkit.train.engine import Trainer
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def measure(recipe_name: str, batch: int, device: torch.device, steps: int, warmup: int) -> dict:
@@ -52,14 +48,14 @@ def measure(recipe_name: str, batch: int, device: torch.device, steps: int, warm
         batches = iter(loader)
         prep, step = [], []
         for i in range(steps + warmup):
-            sync(device)
+            synchronize(device)
             t0 = time.perf_counter()
             x, y = next(batches)
-            sync(device)
+            synchronize(device)
             t1 = time.perf_counter()
             trainer._step(x, y, 0, i)
             trainer.state.step += 1
-            sync(device)
+            synchronize(device)
             t2 = time.perf_counter()
             if i >= warmup:
                 prep.append(t1 - t0)

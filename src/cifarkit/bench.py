@@ -29,7 +29,8 @@ from cifarkit.stats import describe, one_sided_p_value
 from cifarkit.train.run import build_trainer
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work so a clock reading means something; nothing to do on the CPU."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -38,14 +39,14 @@ def time_one_seed(recipe, data, device, test_loader, log) -> dict:
     """Train and evaluate one seed; returns accuracy and the seconds of each phase."""
     with tempfile.TemporaryDirectory() as tmp:
         trainer = build_trainer(recipe, data, RunDir(tmp), device, log=lambda m: None, persist=False)
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         summary = trainer.fit()
-        _sync(device)
+        synchronize(device)
         trained = time.perf_counter()
         probs = predict_probs(trainer.model, test_loader, mode=recipe.eval.tta, device=device,
                               autocast_dtype=autocast_dtype(recipe, device), batch_size=recipe.eval.batch_size)
-        _sync(device)
+        synchronize(device)
         end = time.perf_counter()
     acc = accuracy(probs.cpu().numpy(), data.arrays.test_labels)
     return {"seed": recipe.seed, "accuracy": acc, "train_seconds": trained - start, "eval_seconds": end - trained,
@@ -62,7 +63,7 @@ def run_benchmark(recipe_name: str, *, seeds: int = 3, overrides: list[str] | No
                               mean=data.mean, std=data.std, train=False)
 
     warm_recipe = load_recipe(recipe_name, (overrides or []) + ["train.epochs=1", f"device={device.type}"])
-    _sync(device)
+    synchronize(device)
     t0 = time.perf_counter()
     time_one_seed(warm_recipe, data, device, test_loader, log)
     warmup_seconds = time.perf_counter() - t0

@@ -55,9 +55,9 @@ class RunDir:
                                 "or choose another directory with --out")
 
     def create(self, recipe: Recipe) -> None:
-        """Make the directory for a new run and write its resolved recipe."""
+        """Make the directory for a new run and write its resolved recipe (callers check writability
+        with `check_writable` first, before any long work)."""
         self.check_new()
-        check_writable(self.root)
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         write_text(self.recipe_path, dump_recipe(recipe))
 
