@@ -157,3 +157,30 @@ def test_real_cifar_images_are_augmented():
         assert changed_fraction(x, out) > 0.85
         assert (out - x).abs().mean() > 0.02
         assert out.min() >= 0 and out.max() <= 1
+
+
+def test_progressive_resize_downscales_early_epochs_like_torchvision():
+    from torchvision.transforms.v2 import functional as TF
+
+    from cifarkit.augment.schedule import resize_size_at
+    schedule = [[24, 2], [28, 3]]
+    assert [resize_size_at(schedule, e) for e in range(5)] == [24, 24, 28, None, None]
+    cfg = AugmentConfig(crop_padding=2, crop_mode="reflect", flip="none", resize_schedule=schedule)
+    plain = build_augment(AugmentConfig(crop_padding=2, crop_mode="reflect", flip="none"), MEAN)
+    aug = build_augment(cfg, MEAN)
+    assert aug.op_names == ["crop", "resize"]
+    x = images(6).contiguous(memory_format=torch.channels_last)
+    for epoch, side in ((0, 24), (2, 28), (3, 32)):
+        out = aug(x, generator=gen(epoch), epoch=epoch, indices=None)
+        cropped = plain(x, generator=gen(epoch), epoch=epoch, indices=None)
+        assert out.shape == (6, 3, side, side)
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        expected = cropped if side == 32 else TF.resize(cropped, [side, side], antialias=True)
+        torch.testing.assert_close(out, expected)
+    assert "downscale to 24x24 (antialiased) before epoch 2" in describe_augment(cfg)
+
+
+@pytest.mark.parametrize("schedule", [[[24]], [[4, 2]], [[24, 3], [28, 3]], [[24, 0]]])
+def test_bad_resize_schedules_are_rejected(schedule):
+    with pytest.raises(ConfigError, match="resize_schedule"):
+        build_augment(AugmentConfig(resize_schedule=schedule), MEAN)

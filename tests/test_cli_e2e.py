@@ -172,3 +172,40 @@ def test_micro_batches_accumulate_the_same_gradient(fake_cifar, tmp_path):
     assert torch.allclose(l0, l1, atol=1e-6) and h0 == h1
     diffs = [(a - b).abs().max().item() for a, b in zip(g0, g1)]
     assert max(diffs) < 1e-5, diffs
+
+
+def test_progressive_resize_trains_early_epochs_small_and_the_rest_native(fake_cifar, tmp_path):
+    from cifarkit.config import load_recipe
+    from cifarkit.data.prepare import prepare_data
+    from cifarkit.rundir import RunDir
+    from cifarkit.train.run import build_trainer
+    recipe = load_recipe("fast94", ["data.verify=false", "data.train_subset=128", "train.epochs=3",
+                                    "train.batch_size=64", "train.micro_batch=0", "model.widths=[8,16,16]",
+                                    "augment.resize_schedule=[[16,1],[24,2]]"])
+    data = prepare_data(recipe.data, fake_cifar, log=lambda m: None)
+    trainer = build_trainer(recipe, data, RunDir(tmp_path / "run"), torch.device("cpu"), log=lambda m: None, persist=False)
+    sides = []
+    trainer.model.register_forward_pre_hook(
+        lambda m, args: sides.append(args[0].shape[-1]) if m.training else None)
+    trainer.fit()
+    assert sides == [16, 16, 24, 24, 32, 32]      # two steps per epoch
+
+
+@pytest.mark.parametrize("name", ["fast95", "fast96"])
+def test_speed_recipes_fit_the_budget_and_train(name, fake_cifar, tmp_path):
+    """Full-width fast95 / fast96 for two short epochs on tiny data: a smoke test of the recipe
+    (residual blocks, cutout, 4-px translation), not a measurement of what it reaches."""
+    from cifarkit.config import load_recipe
+    from cifarkit.data.prepare import prepare_data
+    from cifarkit.models.registry import count_parameters
+    from cifarkit.rundir import RunDir
+    from cifarkit.train.run import build_trainer
+    recipe = load_recipe(name, ["data.verify=false", "data.train_subset=128", "train.epochs=2",
+                                "train.batch_size=64", "train.micro_batch=32", "train.warmup_epochs=0.5"])
+    data = prepare_data(recipe.data, fake_cifar, log=lambda m: None)
+    trainer = build_trainer(recipe, data, RunDir(tmp_path / "run"), torch.device("cpu"),
+                            log=lambda m: None, persist=False)
+    assert count_parameters(trainer.model) < 5_000_000
+    summary = trainer.fit()
+    assert summary["steps"] == 4 and summary["skipped_steps"] == 0
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())

@@ -198,3 +198,24 @@ def test_cuda_autocast_channels_last_matches_cpu(images):
                         device="cuda", autocast_dtype=torch.float16)
     assert gpu.device.type == "cpu" and gpu.dtype == torch.float32
     torch.testing.assert_close(gpu, cpu, atol=1e-2, rtol=0)
+
+
+def test_selective_tta_gives_full_views_to_the_least_confident_and_two_views_to_the_rest():
+    model = small_net().eval()
+    x = torch.randn(40, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    full = predict_probs(model, x, mode="flip_translate", batch_size=40)
+    two = predict_probs(model, x, mode="flip", batch_size=40)
+    chosen = predict_probs(model, x, mode="flip_translate", batch_size=40, fraction=0.25)
+    top2 = two.topk(2, dim=1).values
+    least_confident = set((top2[:, 0] - top2[:, 1]).argsort()[:10].tolist())
+    for i in range(40):
+        torch.testing.assert_close(chosen[i], full[i] if i in least_confident else two[i])
+    assert not torch.allclose(full, two)               # the shifted views really change scores
+    torch.testing.assert_close(predict_probs(model, x, mode="flip_translate", fraction=1.0), full)
+    # per batch: 0.25 of each 20-image batch (5 each), ranked within its own batch
+    per_batch = predict_logits(model, x, mode="flip_translate", batch_size=20, fraction=0.25)
+    full_logits = predict_logits(model, x, mode="flip_translate", batch_size=20)
+    assert sum(torch.allclose(a, b) for a, b in zip(per_batch, full_logits)) >= 10
+    for bad in (0.0, 1.5):
+        with pytest.raises(ConfigError, match="fraction"):
+            predict_probs(model, x, mode="flip_translate", fraction=bad)

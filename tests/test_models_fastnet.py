@@ -155,3 +155,26 @@ def test_training_step_moves_only_trainable_parameters():
     opt.step()
     assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if not p.requires_grad)
     assert model.blocks[0].norms[0].bias.abs().sum() > 0
+
+
+def test_parameter_count_matches_airbench95():
+    """SPEC.md section 3: airbench95 (widths 128/384/384) has 4,606,520 parameters."""
+    model = FastNet(FastNetSpec(widths=[128, 384, 384]))
+    assert sum(p.numel() for p in model.parameters()) == 4_606_520
+
+
+def test_residual_block_adds_the_first_activation_before_the_last_gelu():
+    torch.manual_seed(0)
+    model = FastNet(FastNetSpec(widths=[8, 16], convs_per_block=3, residual=True)).eval()
+    block = model.blocks[0]
+    x = torch.randn(2, 24, 16, 16)
+    with torch.no_grad():
+        first = F.gelu(block.norms[0](F.max_pool2d(block.convs[0](x), 2)))
+        branch = F.gelu(block.norms[1](block.convs[1](first)))
+        expected = F.gelu(block.norms[2](block.convs[2](branch)) + first)
+        torch.testing.assert_close(block(x), expected)
+        plain = FastNet(FastNetSpec(widths=[8, 16], convs_per_block=3)).eval()
+        plain.load_state_dict(model.state_dict())
+        assert not torch.allclose(plain.blocks[0](x), expected)   # the flag really changes the graph
+    with pytest.raises(ConfigError, match="residual"):
+        FastNet(FastNetSpec(convs_per_block=1, residual=True))

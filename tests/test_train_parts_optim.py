@@ -276,3 +276,26 @@ def test_muon_trains_a_tiny_net():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_muon_filters_get_their_own_peak_lr_momentum_and_ns_steps():
+    net = tiny_net()
+    cfg = TrainConfig(optimizer="muon", lr=2.0, momentum=0.85, nesterov=True, muon_lr=0.24,
+                      muon_momentum=0.6, muon_ns_steps=3, bias_lr_scale=64.0)
+    opt = build_optimizer(net, cfg, {"bn": {"params": list(net[1].parameters()), "lr_scale": 64.0}})
+    filters = [g for g in opt.param_groups if g["muon"]]
+    others = [g for g in opt.param_groups if not g["muon"]]
+    assert len(filters) == 1 and filters[0]["params"][0] is net[0].weight
+    assert filters[0]["momentum"] == 0.6 and filters[0]["ns_steps"] == 3
+    assert all(g["momentum"] == 0.85 for g in others)
+    schedule = LRSchedule(TrainConfig(lr=2.0, schedule="linear", epochs=4), steps_per_epoch=10)
+    schedule.apply(opt, 20)                 # halfway down the straight line: every group at half its peak
+    assert filters[0]["lr"] == pytest.approx(0.12)
+    assert {round(g["lr"], 6) for g in others} == {1.0, 64.0}
+
+
+def test_muon_settings_are_validated():
+    from cifarkit.errors import ConfigError
+    for bad in ({"muon_lr": 0.0}, {"muon_momentum": 1.0}, {"muon_ns_steps": 0}):
+        with pytest.raises(ConfigError):
+            TrainConfig(optimizer="muon", **bad).validate()

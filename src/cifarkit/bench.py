@@ -16,6 +16,7 @@ from typing import Callable
 
 import torch
 
+from cifarkit.augment.schedule import resize_size_at
 from cifarkit.config import load_recipe, recipe_to_dict
 from cifarkit.data.prepare import make_loader, prepare_data
 from cifarkit.evaluate.metrics import accuracy
@@ -45,7 +46,8 @@ def time_one_seed(recipe, data, device, test_loader, log) -> dict:
         synchronize(device)
         trained = time.perf_counter()
         probs = predict_probs(trainer.model, test_loader, mode=recipe.eval.tta, device=device,
-                              autocast_dtype=autocast_dtype(recipe, device), batch_size=recipe.eval.batch_size)
+                              autocast_dtype=autocast_dtype(recipe, device), batch_size=recipe.eval.batch_size,
+                              fraction=recipe.eval.tta_fraction)
         synchronize(device)
         end = time.perf_counter()
     acc = accuracy(probs.cpu().numpy(), data.arrays.test_labels)
@@ -79,8 +81,12 @@ def run_benchmark(recipe_name: str, *, seeds: int = 3, overrides: list[str] | No
 
     accs = [r["accuracy"] for r in runs]
     times = [r["seconds"] for r in runs]
-    train_images = len(data.train_idx) // base.train.batch_size * base.train.batch_size * base.train.epochs
-    fwd_flops = flops_per_image(build_model(base.model, data.num_classes))
+    images_per_epoch = len(data.train_idx) // base.train.batch_size * base.train.batch_size
+    train_images = images_per_epoch * base.train.epochs
+    model = build_model(base.model, data.num_classes)
+    fwd_flops = flops_per_image(model)
+    train_flops = 3 * images_per_epoch * sum(_epoch_flops_per_image(model, base, epoch, fwd_flops)
+                                             for epoch in range(base.train.epochs))
     train_time = statistics.median(r["train_seconds"] for r in runs)
     result = {
         "recipe": base.name, "device": str(device), "seeds": [r["seed"] for r in runs], "runs": runs,
@@ -91,7 +97,7 @@ def run_benchmark(recipe_name: str, *, seeds: int = 3, overrides: list[str] | No
         "warmup_seconds": warmup_seconds,
         "train_images_per_second": train_images / train_time,
         "forward_flops_per_image": fwd_flops,
-        "training_flops_per_second": 3 * fwd_flops * train_images / train_time,
+        "training_flops_per_second": train_flops / train_time,
         "timing": "first training step to end of the final TTA evaluation; data decoded and on the device",
         "recipe_resolved": recipe_to_dict(base), **record,
     }
@@ -103,3 +109,7 @@ def run_benchmark(recipe_name: str, *, seeds: int = 3, overrides: list[str] | No
     return result
 
 
+def _epoch_flops_per_image(model, recipe, epoch: int, native: int) -> int:
+    """Forward FLOPs per training image in `epoch`: progressive resizing trains early epochs smaller."""
+    size = resize_size_at(recipe.augment.resize_schedule, epoch)
+    return native if size is None else flops_per_image(model, (1, 3, size, size))

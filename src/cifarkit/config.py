@@ -39,7 +39,8 @@ class DataConfig:
 @dataclass
 class AugmentConfig:
     """Applied per image, in this order: crop, flip, policy, color jitter, rotation, perspective,
-    erasing, cutout. Mixing (MixUp/CutMix) acts on whole batches after normalization."""
+    erasing, cutout, then the progressive resize. Mixing (MixUp/CutMix) acts on whole batches
+    after normalization."""
 
     crop_padding: int = 4                 # random crop after padding by this many pixels; 0 = off
     crop_mode: Literal["zeros", "reflect"] = "zeros"
@@ -55,6 +56,9 @@ class AugmentConfig:
     erasing_scale: list[float] = field(default_factory=lambda: [0.02, 0.33])
     erasing_ratio: list[float] = field(default_factory=lambda: [0.3, 3.3])
     cutout: int = 0                       # square side in pixels; 0 = off
+    # progressive resizing: [[size, until_epoch], ...] trains epochs < until_epoch on images
+    # downscaled to size x size (antialiased), e.g. [[24, 4]]; later epochs at the native size
+    resize_schedule: list[list[int]] = field(default_factory=list)
     mixup_p: float = 0.0                  # per batch: MixUp with probability mixup_p,
     mixup_alpha: float = 1.0              #   else CutMix with probability cutmix_p, else nothing
     cutmix_p: float = 0.0
@@ -80,6 +84,12 @@ class AugmentConfig:
             check(0 <= getattr(self, name) <= 1, f"'augment.{name}' must be in [0, 1]")
         check(self.mixup_p + self.cutmix_p <= 1, "'augment.mixup_p' + 'augment.cutmix_p' must be <= 1")
         check(self.mixup_alpha > 0 and self.cutmix_alpha > 0, "mixing alphas must be positive")
+        until = 0
+        for entry in self.resize_schedule:
+            check(len(entry) == 2, "'augment.resize_schedule' entries are [size, until_epoch]")
+            check(8 <= entry[0] <= 64, "'augment.resize_schedule' sizes must be in [8, 64] pixels")
+            check(entry[1] > until, "'augment.resize_schedule' until_epoch values must increase from >= 1")
+            until = entry[1]
 
 
 @dataclass
@@ -96,6 +106,9 @@ class TrainConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     no_decay_norm_bias: bool = False      # no weight decay on BN parameters and biases
     bias_lr_scale: float = 1.0            # BN biases: lr x this, weight decay / this (lr x wd unchanged)
+    muon_lr: float | None = None          # optimizer muon: peak lr of the conv filters; null = lr
+    muon_momentum: float | None = None    # optimizer muon: momentum of the conv filters; null = momentum
+    muon_ns_steps: int = 5                # Newton-Schulz iterations per orthogonalization
     schedule: Literal["cosine", "onecycle", "step", "constant", "linear"] = "cosine"
     warmup_epochs: float = 0.0            # linear warmup from warmup_start_lr (capped at epochs)
     warmup_start_lr: float = 0.0
@@ -134,6 +147,9 @@ class TrainConfig:
         check(self.focal_gamma >= 0, "'train.focal_gamma' must be >= 0")
         check(self.grad_clip >= 0, "'train.grad_clip' must be >= 0")
         check(self.bias_lr_scale > 0, "'train.bias_lr_scale' must be positive")
+        check(self.muon_lr is None or self.muon_lr > 0, "'train.muon_lr' must be positive")
+        check(self.muon_momentum is None or 0 <= self.muon_momentum < 1, "'train.muon_momentum' must be in [0, 1)")
+        check(1 <= self.muon_ns_steps <= 20, "'train.muon_ns_steps' must be in [1, 20]")
         check(self.lookahead_every >= 0, "'train.lookahead_every' must be >= 0")
         check(0 <= self.ema_decay < 1, "'train.ema_decay' must be in [0, 1)")
         check(0 <= self.swa_start < 1, "'train.swa_start' must be in [0, 1)")
@@ -144,11 +160,14 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     tta: Literal["none", "flip", "flip_translate", "view8"] = "flip"
+    tta_fraction: float = 1.0             # selective TTA: share of images (least confident under the
+                                          # two unshifted views) that get every view; 1 = all
     batch_size: int = 1000
     ensemble: list[str] = field(default_factory=list)   # e.g. [best, ema, swa]: averaged probabilities
 
     def validate(self) -> None:
         check(self.batch_size >= 1, "'eval.batch_size' must be >= 1")
+        check(0 < self.tta_fraction <= 1, "'eval.tta_fraction' must be in (0, 1]")
         for member in self.ensemble:
             check(member in ("final", "best", "ema", "swa"),
                   f"'eval.ensemble' members must be final, best, ema or swa, got '{member}'")

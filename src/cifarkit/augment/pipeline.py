@@ -1,8 +1,8 @@
 """Turn an AugmentConfig into the batch augmentation callable and the batch mixer.
 
 The per-image ops run on [0, 1] batches before normalization, in the fixed order crop, flip,
-policy, color jitter, rotation, perspective, erasing, cutout. Mixing runs after normalization
-and lives in its own object (`build_mixer`).
+policy, color jitter, rotation, perspective, erasing, cutout, progressive resize. Mixing runs after
+normalization and lives in its own object (`build_mixer`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from cifarkit.augment import color, erasing, geometric, mixing, policies
+from cifarkit.augment.schedule import resize_size_at
 from cifarkit.config import AugmentConfig
 
 Op = Callable[[Tensor, torch.Generator, int, "Tensor | None"], Tensor]
@@ -49,6 +50,18 @@ class AugmentPipeline:
 
     def __repr__(self) -> str:
         return f"AugmentPipeline({', '.join(self.op_names)})"
+
+
+def _progressive_resize(schedule: list[list[int]]) -> Op:
+    def run(x: Tensor, generator: torch.Generator, epoch: int, indices: Tensor | None) -> Tensor:
+        size = resize_size_at(schedule, epoch)
+        if size is None or size == x.shape[-1]:
+            return x
+        from torchvision.transforms.v2 import (
+            functional as TF,  # torchvision's antialiased resize
+        )
+        return TF.resize(x, [size, size], antialias=True)
+    return run
 
 
 def _alternating(seed: int) -> Op:
@@ -97,6 +110,8 @@ def build_augment(cfg: AugmentConfig, mean: tuple[float, float, float], seed: in
             x, cfg.erasing_p, cfg.erasing_scale, cfg.erasing_ratio, fill.to(x.device), g))
     if cfg.cutout > 0:
         add("cutout", lambda x, g, e, i: erasing.cutout(x, cfg.cutout, fill.to(x.device), g))
+    if cfg.resize_schedule:
+        add("resize", _progressive_resize(cfg.resize_schedule))
     if not steps:
         return None
     return AugmentPipeline(steps, describe_augment(cfg))
@@ -141,6 +156,8 @@ def describe_augment(cfg: AugmentConfig) -> list[str]:
                      f"ratio {_range(cfg.erasing_ratio)}, fill mean)")
     if cfg.cutout > 0:
         lines.append(f"cutout ({cfg.cutout}x{cfg.cutout}, fill mean)")
+    for size, until in cfg.resize_schedule:
+        lines.append(f"downscale to {size}x{size} (antialiased) before epoch {until}")
     schedule = ""
     if cfg.mix_decay == "linear":
         schedule = f", alpha decays linearly to 0 at {cfg.mix_until:.0%} of training"

@@ -1,7 +1,10 @@
-"""How strong batch mixing (MixUp / CutMix) is at a given point of training.
+"""Augmentation that changes over training.
 
-`progress` is the fraction of training done, in [0, 1]. Mixing runs at full strength, or fades
-linearly to zero, until `until`; from then on it is off ("adaptive augmentation scheduling").
+Mixing: `progress` is the fraction of training done, in [0, 1]. Mixing runs at full strength, or
+fades linearly to zero, until `until`; from then on it is off ("adaptive augmentation scheduling").
+
+Progressive resizing: early epochs train on downscaled images, which costs roughly (size/32)^2 of
+the convolution work; the last epochs return to the native size the model is evaluated at.
 """
 
 from __future__ import annotations
@@ -25,3 +28,11 @@ def mix_strength(progress: float, decay: str = "none", until: float = 1.0) -> fl
 
 
 __all__ = ["MIX_DECAYS", "mix_strength"]
+
+
+def resize_size_at(schedule: list[list[int]], epoch: int) -> int | None:
+    """The training image side for `epoch` under [[size, until_epoch], ...]; None = native size."""
+    for size, until in schedule:
+        if epoch < until:
+            return int(size)
+    return None

@@ -41,7 +41,8 @@ def predict_array(members: list[TrainedModel], images: np.ndarray, *, tta: str |
     loader = DeviceLoader(images, np.zeros(len(images), dtype=np.int64), batch_size=first.recipe.eval.batch_size,
                           device=device, mean=mean, std=std, channels_last=first.recipe.train.channels_last)
     probs = [predict_probs(m.model, loader, mode=tta or m.recipe.eval.tta, device=device,
-                           autocast_dtype=autocast_dtype(m.recipe, device)).float().cpu().numpy() for m in members]
+                           autocast_dtype=autocast_dtype(m.recipe, device),
+                           fraction=m.recipe.eval.tta_fraction).float().cpu().numpy() for m in members]
     return np.mean(probs, axis=0)
 
 

@@ -57,7 +57,7 @@ def evaluate_run(run_dir: str | Path, data_dir=None, *, tta: str | None = None, 
 
     def probs(model, loader, view_mode):
         return predict_probs(model, loader, mode=view_mode, device=device, autocast_dtype=amp,
-                             batch_size=recipe.eval.batch_size).cpu().numpy()
+                             batch_size=recipe.eval.batch_size, fraction=recipe.eval.tta_fraction).cpu().numpy()
 
     models, val_probs, test_probs = {}, {}, {}
     n_params = None

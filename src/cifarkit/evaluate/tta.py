@@ -16,6 +16,12 @@ mode sum to 1. Views come in the order listed below, each followed by its mirror
   The reference system that used 8-view weighted TTA did not publish its views or weights; these
   are our choice.
 
+Selective TTA (``fraction`` < 1): every image first gets the two unshifted views (identity and
+flip); only the ``fraction`` of each batch whose prediction from those two is least confident
+(smallest gap between the top two scores) also gets the remaining views, weighted as above. The
+others keep the two-view average. On the speed-run models most images are predicted with a wide
+margin that extra views do not overturn, so the shifted views are spent where they can matter.
+
 Two reductions:
 
 - :func:`predict_probs` averages softmax probabilities over views. The evaluation pipeline
@@ -29,6 +35,7 @@ Two reductions:
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterable, Iterator
 from typing import Callable
 
@@ -165,22 +172,34 @@ def _predict(
     batch_size: int,
     to_score: Callable[[Tensor], Tensor],
     return_labels: bool,
+    fraction: float = 1.0,
 ) -> Tensor | tuple[Tensor, Tensor]:
     _check_mode(mode)
+    if not 0.0 < fraction <= 1.0:
+        raise ConfigError(f"the selective TTA fraction must be in (0, 1], got {fraction}")
     device = torch.device(device)
     autocast = (torch.autocast(device_type=device.type, dtype=autocast_dtype)
                 if autocast_dtype is not None else contextlib.nullcontext())
+
+    def weighted_sum(views: list[tuple[Tensor, float]]) -> Tensor:
+        total = None
+        for view, weight in views:
+            with autocast:
+                out = model(view)
+            # Accumulate in float32 whatever precision the forward pass ran in.
+            term = to_score(out.float()) * weight
+            total = term if total is None else total + term
+        return total
+
     scores, labels = [], []
     with torch.no_grad(), _eval_mode(model):
         for x, y in _batches(data, batch_size):
             x = x.to(device, non_blocking=True)
-            total = None
-            for view, weight in tta_views(x, mode):
-                with autocast:
-                    out = model(view)
-                # Accumulate in float32 whatever precision the forward pass ran in.
-                term = to_score(out.float()) * weight
-                total = term if total is None else total + term
+            views = tta_views(x, mode)
+            if fraction >= 1.0 or len(views) <= 2:
+                total = weighted_sum(views)
+            else:
+                total = _selective(x, mode, views[:2], fraction, weighted_sum)
             scores.append(total.cpu())
             if y is not None:
                 labels.append(y.cpu())
@@ -194,6 +213,20 @@ def _predict(
     return result, torch.cat(labels).long()
 
 
+def _selective(x: Tensor, mode: str, unshifted: list[tuple[Tensor, float]], fraction: float,
+               weighted_sum: Callable[[list[tuple[Tensor, float]]], Tensor]) -> Tensor:
+    """Two-view scores for every image; the full set of views for the least confident `fraction`."""
+    head_weight = sum(w for _, w in unshifted)
+    head = weighted_sum(unshifted)
+    total = head / head_weight
+    top2 = total.topk(2, dim=-1).values if total.shape[-1] > 1 else torch.cat([total, total], dim=-1)
+    margin = top2[:, 0] - top2[:, 1]
+    pick = margin.topk(math.ceil(fraction * len(x)), largest=False).indices
+    rest = tta_views(x[pick], mode)[2:]
+    total[pick] = head[pick] + weighted_sum(rest)
+    return total
+
+
 def predict_probs(
     model: nn.Module,
     loader_or_tensor: Tensor | Iterable,
@@ -203,6 +236,7 @@ def predict_probs(
     autocast_dtype: torch.dtype | None = None,
     batch_size: int = 1000,
     return_labels: bool = False,
+    fraction: float = 1.0,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Softmax probabilities (N, C), float32 on the CPU, averaged over the TTA views by weight.
 
@@ -211,10 +245,12 @@ def predict_probs(
     `device`; batches are moved there. The model runs in eval mode with gradients off and its
     training flag is restored afterwards. With `autocast_dtype` (e.g. torch.bfloat16) the forward
     passes run under torch.autocast. With `return_labels`, returns (probs, labels) where the
-    labels are the batches' labels concatenated (int64, CPU).
+    labels are the batches' labels concatenated (int64, CPU). With `fraction` < 1 the TTA is
+    selective (see the module docstring).
     """
     return _predict(model, loader_or_tensor, mode=mode, device=device, autocast_dtype=autocast_dtype,
-                    batch_size=batch_size, to_score=lambda z: z.softmax(dim=-1), return_labels=return_labels)
+                    batch_size=batch_size, to_score=lambda z: z.softmax(dim=-1), return_labels=return_labels,
+                    fraction=fraction)
 
 
 def predict_logits(
@@ -226,10 +262,12 @@ def predict_logits(
     autocast_dtype: torch.dtype | None = None,
     batch_size: int = 1000,
     return_labels: bool = False,
+    fraction: float = 1.0,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Logits (N, C), float32 on the CPU, averaged over the TTA views by weight (airbench's way).
 
     Same arguments as :func:`predict_probs`.
     """
     return _predict(model, loader_or_tensor, mode=mode, device=device, autocast_dtype=autocast_dtype,
-                    batch_size=batch_size, to_score=lambda z: z, return_labels=return_labels)
+                    batch_size=batch_size, to_score=lambda z: z, return_labels=return_labels,
+                    fraction=fraction)

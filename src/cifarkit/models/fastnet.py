@@ -5,7 +5,8 @@
              weight frozen, bias learnable (starts at 0). Filled by `init_whitening`.
     GELU
     blocks   per width: conv3x3 -> maxpool2 -> BN -> GELU, then (convs_per_block - 1) x
-             (conv3x3 -> BN -> GELU); no residuals
+             (conv3x3 -> BN -> GELU); with spec.residual the output of the first GELU is added back
+             before the last GELU of the block (airbench96: the activation comes after the sum)
     pool     global max
     head     linear, no bias; logits are multiplied by spec.scaling (a fixed temperature)
 
@@ -48,21 +49,31 @@ class DiracConv(nn.Conv2d):
 
 
 class ConvGroup(nn.Module):
-    """conv -> maxpool2 -> BN -> GELU, then (convs - 1) x (conv -> BN -> GELU)."""
+    """conv -> maxpool2 -> BN -> GELU, then (convs - 1) x (conv -> BN -> GELU); with `residual`, the
+    first GELU's output is added to the last BN's output before the last GELU."""
 
-    def __init__(self, in_channels: int, out_channels: int, convs: int, bn_momentum: float, bn_eps: float):
+    def __init__(self, in_channels: int, out_channels: int, convs: int, bn_momentum: float, bn_eps: float,
+                 residual: bool = False):
         super().__init__()
+        self.residual = residual
         self.convs = nn.ModuleList(
             DiracConv(in_channels if i == 0 else out_channels, out_channels) for i in range(convs))
         self.norms = nn.ModuleList(
             FrozenScaleBatchNorm(out_channels, bn_momentum, bn_eps) for _ in range(convs))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        last = len(self.convs) - 1
+        shortcut = None
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
             x = conv(x)
             if i == 0:
                 x = F.max_pool2d(x, 2)
-            x = F.gelu(norm(x))
+            x = norm(x)
+            if self.residual and i == last:
+                x = x + shortcut
+            x = F.gelu(x)
+            if i == 0:
+                shortcut = x
         return x
 
 
@@ -80,7 +91,8 @@ class FastNet(nn.Module):
         groups = []
         channels = spec.whiten_width
         for width in spec.widths:
-            groups.append(ConvGroup(channels, width, spec.convs_per_block, spec.bn_momentum, spec.bn_eps))
+            groups.append(ConvGroup(channels, width, spec.convs_per_block, spec.bn_momentum, spec.bn_eps,
+                                    spec.residual))
             channels = width
         self.blocks = nn.Sequential(*groups)
         self.head = nn.Linear(channels, num_classes, bias=False)

@@ -65,11 +65,13 @@ class ResNetSpec:
 
 @dataclass
 class FastNetSpec:
-    """The speed-run network: frozen 2x2 patch-whitening stem, then conv-pool-BN-GELU blocks, no residuals."""
+    """The speed-run network: frozen 2x2 patch-whitening stem, then conv-pool-BN-GELU blocks; with
+    `residual`, the convs after each block's first form a residual branch (airbench96)."""
 
     arch: Literal["fastnet"] = "fastnet"
     widths: list[int] = field(default_factory=lambda: [64, 256, 256])
     convs_per_block: int = 2
+    residual: bool = False                # skip connection around each block's convs after the first
     whiten_width: int = 24                # 2 * 3 * 2 * 2 eigenvector filters (positive and negative)
     whiten_kernel: int = 2
     whiten_eps: float = 5e-4              # added to the patch-covariance eigenvalues before 1/sqrt
@@ -81,6 +83,8 @@ class FastNetSpec:
     def validate(self) -> None:
         check(len(self.widths) > 0 and all(w > 0 for w in self.widths), "'model.widths' must be positive")
         check(self.convs_per_block >= 1, "'model.convs_per_block' must be at least 1")
+        check(not self.residual or self.convs_per_block >= 2,
+              "'model.residual' needs 'model.convs_per_block' >= 2 (the branch skips the convs after the first)")
         check(self.whiten_kernel in (2, 3), "'model.whiten_kernel' must be 2 or 3")
         check(self.whiten_width == 2 * 3 * self.whiten_kernel ** 2,
               f"'model.whiten_width' must be 2*3*k*k = {2 * 3 * self.whiten_kernel ** 2} for kernel {self.whiten_kernel}")

@@ -61,12 +61,18 @@ def _split(name: str, params: list[Tensor], overrides: dict, cfg: TrainConfig) -
     out = []
     for (no_decay, muon), ps in buckets.items():
         lr_scale = float(overrides.get("lr_scale", 1.0))
+        if muon and cfg.muon_lr is not None:   # filters follow the same schedule shape at their own peak
+            lr_scale *= cfg.muon_lr / cfg.lr
         group = {**overrides, "params": ps, "lr_scale": lr_scale, "lr": cfg.lr * lr_scale}
         group["name"] = name + ("/no_decay" if no_decay else "") + ("/muon" if muon else "")
         if no_decay:
             group["weight_decay"] = 0.0
         if cfg.optimizer == "muon":
             group["muon"] = muon
+            if muon:
+                group["ns_steps"] = cfg.muon_ns_steps
+                if cfg.muon_momentum is not None:
+                    group["momentum"] = cfg.muon_momentum
         out.append(group)
     return out
 
@@ -90,8 +96,8 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, param_groups: dict | Non
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
     if cfg.optimizer == "muon":
-        if cfg.nesterov and cfg.momentum <= 0:
-            raise ConfigError("'train.nesterov' needs 'train.momentum' > 0")
+        if cfg.nesterov and (cfg.momentum <= 0 or (cfg.muon_momentum is not None and cfg.muon_momentum <= 0)):
+            raise ConfigError("'train.nesterov' needs 'train.momentum' (and 'train.muon_momentum') > 0")
         return Muon(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, dampening=cfg.dampening,
                     weight_decay=cfg.weight_decay)
     raise ConfigError(f"unknown 'train.optimizer' '{cfg.optimizer}'; choose sgd, adamw or muon")
