@@ -57,9 +57,8 @@ def _progressive_resize(schedule: list[list[int]]) -> Op:
         size = resize_size_at(schedule, epoch)
         if size is None or size == x.shape[-1]:
             return x
-        from torchvision.transforms.v2 import (
-            functional as TF,  # torchvision's antialiased resize
-        )
+        # torchvision's antialiased resize; imported here so only runs that resize pay for it
+        from torchvision.transforms.v2 import functional as TF
         return TF.resize(x, [size, size], antialias=True)
     return run
 

@@ -27,12 +27,12 @@ def mix_strength(progress: float, decay: str = "none", until: float = 1.0) -> fl
     return min(1.0, max(0.0, 1.0 - progress / until))
 
 
-__all__ = ["MIX_DECAYS", "mix_strength"]
-
-
 def resize_size_at(schedule: list[list[int]], epoch: int) -> int | None:
     """The training image side for `epoch` under [[size, until_epoch], ...]; None = native size."""
     for size, until in schedule:
         if epoch < until:
             return int(size)
     return None
+
+
+__all__ = ["MIX_DECAYS", "mix_strength", "resize_size_at"]

@@ -195,11 +195,10 @@ def _predict(
     with torch.no_grad(), _eval_mode(model):
         for x, y in _batches(data, batch_size):
             x = x.to(device, non_blocking=True)
-            views = tta_views(x, mode)
-            if fraction >= 1.0 or len(views) <= 2:
-                total = weighted_sum(views)
+            if fraction >= 1.0 or mode in ("none", "flip"):   # nothing beyond the unshifted views
+                total = weighted_sum(tta_views(x, mode))
             else:
-                total = _selective(x, mode, views[:2], fraction, weighted_sum)
+                total = _selective(x, mode, fraction, weighted_sum)
             scores.append(total.cpu())
             if y is not None:
                 labels.append(y.cpu())
@@ -213,17 +212,20 @@ def _predict(
     return result, torch.cat(labels).long()
 
 
-def _selective(x: Tensor, mode: str, unshifted: list[tuple[Tensor, float]], fraction: float,
+def _selective(x: Tensor, mode: str, fraction: float,
                weighted_sum: Callable[[list[tuple[Tensor, float]]], Tensor]) -> Tensor:
-    """Two-view scores for every image; the full set of views for the least confident `fraction`."""
-    head_weight = sum(w for _, w in unshifted)
-    head = weighted_sum(unshifted)
-    total = head / head_weight
+    """Two-view scores for every image; the full set of views for the least confident `fraction`.
+
+    Every mode's first two views are the image and its mirror at equal weights, so the two-view
+    average is the "flip" mode; the other views are built for the picked images only.
+    """
+    total = weighted_sum(tta_views(x, "flip"))
     top2 = total.topk(2, dim=-1).values if total.shape[-1] > 1 else torch.cat([total, total], dim=-1)
     margin = top2[:, 0] - top2[:, 1]
     pick = margin.topk(math.ceil(fraction * len(x)), largest=False).indices
-    rest = tta_views(x[pick], mode)[2:]
-    total[pick] = head[pick] + weighted_sum(rest)
+    views = tta_views(x[pick], mode)
+    unshifted_weight = sum(w for _, w in views[:2])
+    total[pick] = total[pick] * unshifted_weight + weighted_sum(views[2:])
     return total
 
 
