@@ -103,7 +103,9 @@ class FastNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.blocks(F.gelu(self.whiten(x)))
-        x = x.amax(dim=(2, 3))
+        # Global max. Not x.amax(dim=(2, 3)): under torch.compile (torch 2.14, CPU) the backward of
+        # that amax gave NaN gradients to every layer below it (see the test of compiled training).
+        x = F.adaptive_max_pool2d(x, 1).flatten(1)
         return self.head(x) * self.scaling
 
 

@@ -20,6 +20,7 @@ from cifarkit.rundir import RunDir, check_writable
 from cifarkit.runinfo import resolve_device, run_record
 from cifarkit.seeding import seed_everything
 from cifarkit.train.checkpoint import load_checkpoint
+from cifarkit.train.cpu_setup import prepare_cpu_training
 from cifarkit.train.engine import Trainer
 
 
@@ -32,7 +33,7 @@ def build_trainer(recipe: Recipe, data: PreparedData, run: RunDir, device: torch
     """Model, loaders and trainer for `recipe`; the model is checked against the budget first."""
     seed_everything(recipe.seed)
     if device.type == "cpu":
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        prepare_cpu_training()
     model = build_model(recipe.model, data.num_classes)
     n_params = check_budget(model, recipe.budget, recipe.allow_over_budget)
     log(f"model {recipe.model.arch}: {n_params:,} parameters (budget {recipe.budget:,})")
