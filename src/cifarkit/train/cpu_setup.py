@@ -3,7 +3,8 @@
 Training on the CPU allocates and frees tensors of tens of megabytes every step (activations,
 gradients). glibc serves blocks that large with fresh mmap calls and returns them to the system on
 free, so every step page-faults its way through the same memory again. Keeping freed memory in
-the heap instead makes a fast94 step about 4% faster on a 2-core machine.
+the heap avoids that (together with the fill below, fast94's training on the 2-core CPU went from
+503 s to 474 s: benchmarks/results/fast94-cpu*.json).
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ def prepare_cpu_training() -> None:
     """Deterministic kernels, without their cost of pre-filling new tensors, and an allocator that
     keeps freed memory. Safe to call more than once."""
     torch.use_deterministic_algorithms(True, warn_only=True)
-    # Deterministic mode would also fill every new tensor with NaN: pure overhead (about 3% of a
-    # fast94 step) for kernels that write their whole output anyway.
+    # Deterministic mode would also fill every new tensor with NaN: pure overhead (a few percent of
+    # a fast94 step in the profiler) for kernels that write their whole output anyway.
     torch.utils.deterministic.fill_uninitialized_memory = False
     keep_freed_memory()
 
