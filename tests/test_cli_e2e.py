@@ -209,3 +209,31 @@ def test_speed_recipes_fit_the_budget_and_train(name, fake_cifar, tmp_path):
     summary = trainer.fit()
     assert summary["steps"] == 4 and summary["skipped_steps"] == 0
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_whitening_bias_group_decays_to_zero_when_it_freezes(fake_cifar, tmp_path):
+    """airbench94_muon's whitening bias: its own lr scale and decay, and no change once frozen."""
+    from cifarkit.config import load_recipe
+    from cifarkit.data.prepare import prepare_data
+    from cifarkit.rundir import RunDir
+    from cifarkit.train.run import build_trainer
+    recipe = load_recipe("fast94", ["data.verify=false", "data.train_subset=128", "train.epochs=3",
+                                    "train.batch_size=32", "train.micro_batch=0", "model.widths=[8,16,16]",
+                                    "model.whiten_bias_epochs=1", "train.warmup_epochs=0",
+                                    "train.whiten_bias_lr_scale=64", "train.whiten_bias_decay=true",
+                                    "train.lookahead_every=0"])   # lookahead would pull the frozen bias
+    data = prepare_data(recipe.data, fake_cifar, log=lambda m: None)
+    trainer = build_trainer(recipe, data, RunDir(tmp_path / "run"), torch.device("cpu"), log=lambda m: None, persist=False)
+    group = next(g for g in trainer.optimizer.param_groups if g["name"] == "whiten_bias")
+    assert group["params"] == [trainer.model.whiten.bias]
+    assert group["weight_decay"] == pytest.approx(recipe.train.weight_decay / 64)
+    seen = []
+    trainer.optimizer.register_step_pre_hook(
+        lambda opt, args, kwargs: seen.append((group["lr"], trainer.model.whiten.bias.detach().clone())))
+    trainer.fit()
+    lrs = [lr for lr, _ in seen]
+    assert lrs[:4] == pytest.approx([64 * recipe.train.lr * (1 - s / 4) for s in range(4)])  # 4 steps an epoch
+    assert lrs[4:] == [0.0] * 8
+    assert not torch.equal(seen[0][1], seen[4][1])                  # it learned during epoch 1
+    assert all(torch.equal(seen[4][1], b) for _, b in seen[4:])       # and never moved after
+    assert torch.equal(seen[4][1], trainer.model.whiten.bias)

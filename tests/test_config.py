@@ -32,6 +32,9 @@ def test_every_builtin_recipe_loads_and_round_trips():
     ({"model": {"arch": "resnet", "whiten_width": 24}}, "unknown key 'model.whiten_width'"),
     ({"data": {"val_size": 0}, "train": {"early_stopping_patience": 3}}, "needs a validation split"),
     ({"eval": {"ensemble": ["best", "mean"]}}, "members must be"),
+    ({"train": {"whiten_bias_lr_scale": 64}}, "need 'model.arch: fastnet'"),
+    ({"train": {"whiten_bias_decay": True}}, "need 'model.arch: fastnet'"),
+    ({"model": {"arch": "fastnet"}, "train": {"whiten_bias_lr_scale": 0}}, "must be positive"),
 ])
 def test_bad_recipes_fail_with_one_clear_message(data, message):
     with pytest.raises(ConfigError) as info:

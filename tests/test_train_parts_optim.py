@@ -299,3 +299,17 @@ def test_muon_settings_are_validated():
     for bad in ({"muon_lr": 0.0}, {"muon_momentum": 1.0}, {"muon_ns_steps": 0}):
         with pytest.raises(ConfigError):
             TrainConfig(optimizer="muon", **bad).validate()
+
+
+def test_a_linear_to_zero_group_leaves_the_schedule():
+    """airbench94_muon's whitening bias: from lr x lr_scale at step 0 in a straight line to 0 at step N,
+    whatever the recipe's schedule (here a warmup then cosine) does meanwhile."""
+    cfg = TrainConfig(lr=2.0, schedule="cosine", warmup_epochs=1, warmup_start_lr=0.1, epochs=4)
+    schedule = LRSchedule(cfg, steps_per_epoch=10)
+    a, b = nn.Parameter(torch.zeros(1)), nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([{"params": [a], "lr_scale": 64.0, "linear_to_zero_steps": 30},
+                           {"params": [b], "lr_scale": 64.0}], lr=1.0)
+    for step, expected in [(0, 128.0), (15, 64.0), (29, 128.0 / 30), (30, 0.0), (39, 0.0)]:
+        schedule.apply(opt, step)
+        assert opt.param_groups[0]["lr"] == pytest.approx(expected)
+        assert opt.param_groups[1]["lr"] == pytest.approx(64.0 * schedule.lr_at(step))

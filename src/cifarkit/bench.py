@@ -36,6 +36,26 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def matmul_gflops(device: torch.device, repeats: int = 5) -> float:
+    """The machine's bf16 matrix-multiply speed in GFLOP/s (best of three rounds): a yardstick for
+    comparing wall times across machines, and across the start and end of one long benchmark on a
+    shared one. Training on these nets is mostly convolutions, which run at about this speed."""
+    n = 2048 if device.type == "cpu" else 8192
+    generator = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16, generator=generator)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16, generator=generator)
+    a @ b                                    # first call: kernel selection, allocation
+    best = float("inf")
+    for _ in range(3):
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        synchronize(device)
+        best = min(best, (time.perf_counter() - start) / repeats)
+    return 2 * n ** 3 / best / 1e9
+
+
 def time_one_seed(recipe, data, device, test_loader, log) -> dict:
     """Train and evaluate one seed; returns accuracy and the seconds of each phase."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -64,6 +84,7 @@ def run_benchmark(recipe_name: str, *, seeds: int = 3, overrides: list[str] | No
     test_loader = make_loader(data.arrays.test_images, data.arrays.test_labels, base, device,
                               mean=data.mean, std=data.std, train=False)
 
+    speed_before = matmul_gflops(device)
     warm_recipe = load_recipe(recipe_name, (overrides or []) + ["train.epochs=1", f"device={device.type}"])
     synchronize(device)
     t0 = time.perf_counter()
@@ -79,6 +100,7 @@ def run_benchmark(recipe_name: str, *, seeds: int = 3, overrides: list[str] | No
         log(f"seed {seed}: accuracy {result['accuracy']:.4f} in {result['seconds']:.2f}s "
             f"(train {result['train_seconds']:.2f}s, eval {result['eval_seconds']:.2f}s)")
 
+    speed_after = matmul_gflops(device)
     accs = [r["accuracy"] for r in runs]
     times = [r["seconds"] for r in runs]
     images_per_epoch = len(data.train_idx) // base.train.batch_size * base.train.batch_size
@@ -99,6 +121,7 @@ def run_benchmark(recipe_name: str, *, seeds: int = 3, overrides: list[str] | No
         "forward_flops_per_image": fwd_flops,
         "training_flops_per_second": train_flops / train_time,
         "timing": "first training step to end of the final TTA evaluation; data decoded and on the device",
+        "bf16_matmul_gflops": {"before": speed_before, "after": speed_after},
         "recipe_resolved": recipe_to_dict(base), **record,
     }
     out = Path(out) if out else Path("benchmarks") / "results" / f"{base.name}-{device.type}.json"

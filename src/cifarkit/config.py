@@ -106,6 +106,11 @@ class TrainConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     no_decay_norm_bias: bool = False      # no weight decay on BN parameters and biases
     bias_lr_scale: float = 1.0            # BN biases: lr x this, weight decay / this (lr x wd unchanged)
+    whiten_bias_lr_scale: float | None = None  # fastnet whitening bias: lr x this, weight decay / this;
+                                          # null = trained like the other weights (airbench94)
+    whiten_bias_decay: bool = False       # fastnet whitening bias: lr falls linearly to 0 at the step it
+                                          # freezes (model.whiten_bias_epochs) instead of following the
+                                          # schedule (airbench94_muon)
     muon_lr: float | None = None          # optimizer muon: peak lr of the conv filters; null = lr
     muon_momentum: float | None = None    # optimizer muon: momentum of the conv filters; null = momentum
     muon_ns_steps: int = 5                # Newton-Schulz iterations per orthogonalization
@@ -147,6 +152,8 @@ class TrainConfig:
         check(self.focal_gamma >= 0, "'train.focal_gamma' must be >= 0")
         check(self.grad_clip >= 0, "'train.grad_clip' must be >= 0")
         check(self.bias_lr_scale > 0, "'train.bias_lr_scale' must be positive")
+        check(self.whiten_bias_lr_scale is None or self.whiten_bias_lr_scale > 0,
+              "'train.whiten_bias_lr_scale' must be positive")
         check(self.muon_lr is None or self.muon_lr > 0, "'train.muon_lr' must be positive")
         check(self.muon_momentum is None or 0 <= self.muon_momentum < 1, "'train.muon_momentum' must be in [0, 1)")
         check(1 <= self.muon_ns_steps <= 20, "'train.muon_ns_steps' must be in [1, 20]")
@@ -213,6 +220,8 @@ def recipe_from_dict(data: Any) -> Recipe:
     recipe = parse_dataclass(Recipe, data)
     recipe.model = parse_dataclass(MODEL_SPECS[arch], model, "model.")
     recipe.validate()
+    if recipe.train.whiten_bias_lr_scale is not None or recipe.train.whiten_bias_decay:
+        check(arch == "fastnet", "'train.whiten_bias_lr_scale' and 'train.whiten_bias_decay' need 'model.arch: fastnet'")
     return recipe
 
 

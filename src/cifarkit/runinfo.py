@@ -41,14 +41,37 @@ def git_commit() -> str | None:
     return commit + ("+dirty" if dirty else "")
 
 
-def cpu_name() -> str:
+# CPU features that decide how fast bf16 training runs; recorded so results from different
+# machines (which may share a marketing name such as "AMD EPYC") can be told apart.
+_SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo ({} where there is none)."""
+    fields: dict[str, str] = {}
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return fields
+    for line in text.splitlines():
+        if not line.strip():
+            break
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    return fields
+
+
+def cpu_name() -> str:
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+
+
+def cpu_identity() -> dict:
+    """Vendor, family/model/stepping and the speed-relevant instruction sets of this CPU."""
+    info = _cpuinfo()
+    flags = set(info.get("flags", "").split())
+    return {"vendor": info.get("vendor_id"),
+            "family_model_stepping": "/".join(info.get(k, "?") for k in ("cpu family", "model", "stepping")),
+            "flags": [f for f in _SPEED_FLAGS if f in flags]}
 
 
 def hardware(device: torch.device | str = "cpu") -> dict:
@@ -56,6 +79,7 @@ def hardware(device: torch.device | str = "cpu") -> dict:
     info = {
         "device": str(device),
         "cpu": cpu_name(),
+        "cpu_identity": cpu_identity(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
     }

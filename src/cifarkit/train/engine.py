@@ -21,6 +21,7 @@ from cifarkit.augment.pipeline import build_mixer
 from cifarkit.config import Recipe, recipe_to_dict
 from cifarkit.errors import CifarkitError, ConfigError
 from cifarkit.fsio import append_jsonl
+from cifarkit.models.fastnet import param_groups as fastnet_param_groups
 from cifarkit.rundir import RunDir
 from cifarkit.seeding import derive_seed, make_generator
 from cifarkit.train.averaging import EMA, SWA, Lookahead
@@ -122,7 +123,7 @@ class Trainer:
         self.steps_per_epoch = len(train_loader)
         if self.steps_per_epoch == 0:
             raise ConfigError(f"'train.batch_size' {self.cfg.batch_size} is larger than the training split")
-        self.optimizer = build_optimizer(model, self.cfg, _param_groups(model, self.cfg))
+        self.optimizer = build_optimizer(model, self.cfg, _param_groups(model, recipe, self.steps_per_epoch))
         self.schedule = LRSchedule(self.cfg, self.steps_per_epoch)
         self.lookahead = (Lookahead(model, self.cfg.lookahead_every, self.schedule.total_steps)
                           if self.cfg.lookahead_every else None)
@@ -361,15 +362,26 @@ class Trainer:
                 "skipped_steps": st.skipped_steps, "train_seconds": round(st.train_seconds, 3)}
 
 
-def _param_groups(model: nn.Module, cfg) -> dict | None:
+def _param_groups(model: nn.Module, recipe: Recipe, steps_per_epoch: int) -> dict | None:
     """BatchNorm biases at `bias_lr_scale` x the learning rate, with weight decay divided by the same
-    factor so the per-step decay lr x wd is unchanged (the speed-run convention)."""
-    if cfg.bias_lr_scale == 1.0:
-        return None
-    biases = [m.bias for m in model.modules()
-              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.bias is not None and m.bias.requires_grad]
-    return {"norm_biases": {"params": biases, "lr_scale": cfg.bias_lr_scale,
-                            "weight_decay": cfg.weight_decay / cfg.bias_lr_scale}}
+    factor so the per-step decay lr x wd is unchanged (the speed-run convention). The FastNet
+    whitening bias likewise with `whiten_bias_lr_scale`; with `whiten_bias_decay` its rate leaves
+    the schedule and falls linearly to 0 at the step the bias freezes (airbench94_muon)."""
+    cfg = recipe.train
+    groups = {}
+    if cfg.whiten_bias_lr_scale is not None or cfg.whiten_bias_decay:
+        scale = cfg.whiten_bias_lr_scale or 1.0
+        group = {"params": fastnet_param_groups(model)["whiten_bias"], "lr_scale": scale,
+                 "weight_decay": cfg.weight_decay / scale}
+        if cfg.whiten_bias_decay:
+            group["linear_to_zero_steps"] = recipe.model.whiten_bias_epochs * steps_per_epoch
+        groups["whiten_bias"] = group
+    if cfg.bias_lr_scale != 1.0:
+        biases = [m.bias for m in model.modules()
+                  if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.bias is not None and m.bias.requires_grad]
+        groups["norm_biases"] = {"params": biases, "lr_scale": cfg.bias_lr_scale,
+                                 "weight_decay": cfg.weight_decay / cfg.bias_lr_scale}
+    return groups or None
 
 
 def _progress(iterable, total: int, done: int, epoch: int, epochs: int):

@@ -272,13 +272,23 @@ class LRSchedule:
         return self._onecycle(self._clamp(step), ONECYCLE_MAX_MOMENTUM, ONECYCLE_BASE_MOMENTUM,
                               ONECYCLE_MAX_MOMENTUM)
 
+    def group_lr(self, group: dict, step: int, scheduled: float) -> float:
+        """A group's lr at `step`: the scheduled lr x its lr_scale; a group with
+        `linear_to_zero_steps: N` instead falls in a straight line from lr x lr_scale at step 0 to 0
+        at step N (and stays there)."""
+        scale = group.get("lr_scale", 1.0)
+        steps = group.get("linear_to_zero_steps")
+        if steps is None:
+            return scheduled * scale
+        return self.cfg.lr * scale * max(0.0, 1.0 - max(int(step), 0) / steps) if steps > 0 else 0.0
+
     def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
-        """Set every group's lr to lr_at(step) * lr_scale (and OneCycle's momentum, as torch does:
-        betas[0] for Adam-style groups, else momentum). Returns lr_at(step)."""
+        """Set every group's lr (`group_lr`) and OneCycle's momentum, as torch does: betas[0] for
+        Adam-style groups, else momentum. Returns lr_at(step)."""
         lr = self.lr_at(step)
         momentum = self.momentum_at(step)
         for group in optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
+            group["lr"] = self.group_lr(group, step, lr)
             if momentum is not None:
                 if "betas" in group:
                     group["betas"] = (momentum, *tuple(group["betas"])[1:])

@@ -1,0 +1,56 @@
+"""`cifarkit bench` end to end on synthetic data: what its JSON holds, and that it holds together."""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+
+from cifarkit.cli import main
+
+TINY_FAST94 = ["--set", "data.verify=false", "--set", "data.train_subset=128", "--set", "train.epochs=2",
+               "--set", "train.batch_size=32", "--set", "train.micro_batch=16", "--set", "model.widths=[8,16,16]",
+               "--set", "train.warmup_epochs=0.5"]
+
+
+@pytest.fixture(scope="module")
+def bench_json(fake_cifar, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "fast94-tiny.json"
+    rc = main(["bench", "--recipe", "fast94", "--seeds", "2", "--first-seed", "3", "--device", "cpu",
+               "--data-dir", str(fake_cifar), "--out", str(out), *TINY_FAST94])
+    assert rc == 0
+    return json.loads(out.read_text())
+
+
+def test_bench_records_every_seed_and_their_statistics(bench_json):
+    runs = bench_json["runs"]
+    assert bench_json["seeds"] == [3, 4] == [r["seed"] for r in runs]
+    assert all(r["steps"] == 8 for r in runs)                      # 2 epochs x 128 / 32
+    for r in runs:
+        assert 0 <= r["accuracy"] <= 1
+        assert r["seconds"] == pytest.approx(r["train_seconds"] + r["eval_seconds"])
+    accs = [r["accuracy"] for r in runs]
+    assert bench_json["accuracy"]["mean"] == pytest.approx(statistics.mean(accs))
+    assert bench_json["accuracy"]["std"] == pytest.approx(statistics.stdev(accs))
+    assert bench_json["seconds"]["median"] == pytest.approx(statistics.median(r["seconds"] for r in runs))
+    assert bench_json["target_accuracy"] == 0.94
+    p = bench_json["p_value_mean_above_target"]
+    assert p is None or 0 <= p <= 1          # None only when both seeds scored the same
+
+
+def test_bench_records_work_speed_and_where_it_ran(bench_json):
+    assert bench_json["warmup_seconds"] > 0
+    assert bench_json["forward_flops_per_image"] > 0
+    assert bench_json["train_images_per_second"] > 0
+    median_train = statistics.median(r["train_seconds"] for r in bench_json["runs"])
+    assert bench_json["train_images_per_second"] == pytest.approx(2 * 128 / median_train)
+    assert bench_json["training_flops_per_second"] == pytest.approx(
+        3 * bench_json["forward_flops_per_image"] * bench_json["train_images_per_second"])
+    speed = bench_json["bf16_matmul_gflops"]
+    assert speed["before"] > 0 and speed["after"] > 0
+    hw = bench_json["hardware"]
+    assert hw["device"] == "cpu" and hw["cpu_count"] >= 1
+    assert set(hw["cpu_identity"]) == {"vendor", "family_model_stepping", "flags"}
+    assert bench_json["recipe_resolved"]["model"]["widths"] == [8, 16, 16]
+    assert "torch" in bench_json["versions"] and "git_commit" in bench_json
