@@ -54,3 +54,18 @@ def test_bench_records_work_speed_and_where_it_ran(bench_json):
     assert set(hw["cpu_identity"]) == {"vendor", "family_model_stepping", "flags"}
     assert bench_json["recipe_resolved"]["model"]["widths"] == [8, 16, 16]
     assert "torch" in bench_json["versions"] and "git_commit" in bench_json
+
+
+@pytest.mark.parametrize("result, recipe", [("fast94-cpu.json", "fast94"),
+                                            ("fast94-sgd-cpu-db86576.json", "fast94-sgd")])
+def test_committed_results_belong_to_the_recipes_of_that_name(result, recipe):
+    """The README quotes these files for these recipes: what ran must be what the recipe says now
+    (the name and description aside: the Muon result ran as an exploration file)."""
+    from pathlib import Path
+
+    from cifarkit.config import load_recipe, recipe_to_dict
+    ran = json.loads((Path(__file__).parents[1] / "benchmarks" / "results" / result).read_text())["recipe_resolved"]
+    now = recipe_to_dict(load_recipe(recipe, ["device=cpu"]))
+    for key in ("name", "description"):
+        ran.pop(key), now.pop(key)
+    assert ran == now
