@@ -3,8 +3,8 @@
 Training on the CPU allocates and frees tensors of tens of megabytes every step (activations,
 gradients). glibc serves blocks that large with fresh mmap calls and returns them to the system on
 free, so every step page-faults its way through the same memory again. Keeping freed memory in
-the heap avoids that (together with the fill below, fast94's training on the 2-core CPU went from
-503 s to 474 s: benchmarks/results/fast94-cpu*.json).
+the heap avoids that (together with the fill below, fast94-sgd's training on a 2-core CPU went from
+503 s to 474 s: benchmarks/results/fast94-cpu-all-views-8a80d26.json, fast94-sgd-cpu-db86576.json).
 """
 
 from __future__ import annotations
