@@ -368,19 +368,19 @@ def _param_groups(model: nn.Module, recipe: Recipe, steps_per_epoch: int) -> dic
     whitening bias likewise with `whiten_bias_lr_scale`; with `whiten_bias_decay` its rate leaves
     the schedule and falls linearly to 0 at the step the bias freezes (airbench94_muon)."""
     cfg = recipe.train
+
+    def scaled(params: list, scale: float) -> dict:
+        return {"params": params, "lr_scale": scale, "weight_decay": cfg.weight_decay / scale}
+
     groups = {}
     if cfg.whiten_bias_lr_scale is not None or cfg.whiten_bias_decay:
-        scale = cfg.whiten_bias_lr_scale or 1.0
-        group = {"params": fastnet_param_groups(model)["whiten_bias"], "lr_scale": scale,
-                 "weight_decay": cfg.weight_decay / scale}
+        groups["whiten_bias"] = scaled(fastnet_param_groups(model)["whiten_bias"], cfg.whiten_bias_lr_scale or 1.0)
         if cfg.whiten_bias_decay:
-            group["linear_to_zero_steps"] = recipe.model.whiten_bias_epochs * steps_per_epoch
-        groups["whiten_bias"] = group
+            groups["whiten_bias"]["linear_to_zero_steps"] = recipe.model.whiten_bias_epochs * steps_per_epoch
     if cfg.bias_lr_scale != 1.0:
         biases = [m.bias for m in model.modules()
                   if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.bias is not None and m.bias.requires_grad]
-        groups["norm_biases"] = {"params": biases, "lr_scale": cfg.bias_lr_scale,
-                                 "weight_decay": cfg.weight_decay / cfg.bias_lr_scale}
+        groups["norm_biases"] = scaled(biases, cfg.bias_lr_scale)
     return groups or None
 
 
