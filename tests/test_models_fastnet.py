@@ -207,3 +207,32 @@ def test_compiled_training_step_matches_eager():
     for name, grad in grads(compiled_model, bf16=True).items():
         assert torch.isfinite(grad).all(), name
         assert F.cosine_similarity(grad.flatten(), eager[name].flatten(), dim=0) > 0.8, name
+
+
+def test_silu_activation_replaces_every_gelu():
+    torch.manual_seed(0)
+    gelu_net = FastNet(FastNetSpec(widths=[8, 16, 16])).eval()
+    silu_net = FastNet(FastNetSpec(widths=[8, 16, 16], activation="silu")).eval()
+    silu_net.load_state_dict(gelu_net.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+
+    def by_hand(net, act):
+        h = act(net.whiten(x))
+        for group in net.blocks:
+            for i, (conv, norm) in enumerate(zip(group.convs, group.norms)):
+                h = conv(h)
+                h = F.max_pool2d(h, 2) if i == 0 else h
+                h = act(norm(h))
+        return h.amax(dim=(2, 3)) @ net.head.weight.T / 9
+
+    with torch.no_grad():
+        torch.testing.assert_close(silu_net(x), by_hand(silu_net, F.silu))
+        torch.testing.assert_close(gelu_net(x), by_hand(gelu_net, F.gelu))
+        assert not torch.allclose(silu_net(x), gelu_net(x))
+
+
+def test_unknown_activation_is_a_config_error():
+    from cifarkit.config import recipe_from_dict
+    from cifarkit.errors import ConfigError
+    with pytest.raises(ConfigError, match="activation"):
+        recipe_from_dict({"model": {"arch": "fastnet", "activation": "relu"}})

@@ -7,6 +7,7 @@
     blocks   per width: conv3x3 -> maxpool2 -> BN -> GELU, then (convs_per_block - 1) x
              (conv3x3 -> BN -> GELU); with spec.residual the output of the first GELU is added back
              before the last GELU of the block (airbench96: the activation comes after the sum)
+             (every GELU is SiLU with spec.activation "silu", as the hiverge speed run)
     pool     global max
     head     linear, no bias; logits are multiplied by spec.scaling (a fixed temperature)
 
@@ -53,9 +54,10 @@ class ConvGroup(nn.Module):
     first GELU's output is added to the last BN's output before the last GELU."""
 
     def __init__(self, in_channels: int, out_channels: int, convs: int, bn_momentum: float, bn_eps: float,
-                 residual: bool = False):
+                 residual: bool = False, activation=F.gelu):
         super().__init__()
         self.residual = residual
+        self.activation = activation
         self.convs = nn.ModuleList(
             DiracConv(in_channels if i == 0 else out_channels, out_channels) for i in range(convs))
         self.norms = nn.ModuleList(
@@ -71,10 +73,13 @@ class ConvGroup(nn.Module):
             x = norm(x)
             if self.residual and i == last:
                 x = x + shortcut
-            x = F.gelu(x)
+            x = self.activation(x)
             if i == 0:
                 shortcut = x
         return x
+
+
+ACTIVATIONS = {"gelu": F.gelu, "silu": F.silu}
 
 
 class FastNet(nn.Module):
@@ -85,6 +90,7 @@ class FastNet(nn.Module):
         spec.validate()
         self.spec = spec
         self.scaling = spec.scaling
+        self.activation = ACTIVATIONS[spec.activation]
         self.whiten = nn.Conv2d(3, spec.whiten_width, kernel_size=spec.whiten_kernel, padding=0, bias=True)
         self.whiten.weight.requires_grad_(False)
         nn.init.zeros_(self.whiten.bias)
@@ -92,7 +98,7 @@ class FastNet(nn.Module):
         channels = spec.whiten_width
         for width in spec.widths:
             groups.append(ConvGroup(channels, width, spec.convs_per_block, spec.bn_momentum, spec.bn_eps,
-                                    spec.residual))
+                                    spec.residual, self.activation))
             channels = width
         self.blocks = nn.Sequential(*groups)
         self.head = nn.Linear(channels, num_classes, bias=False)
@@ -102,7 +108,7 @@ class FastNet(nn.Module):
         self.whiten.bias.requires_grad_(epoch < self.spec.whiten_bias_epochs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.blocks(F.gelu(self.whiten(x)))
+        x = self.blocks(self.activation(self.whiten(x)))
         # Global max. Not x.amax(dim=(2, 3)): under torch.compile (torch 2.14, CPU) the backward of
         # that amax gave NaN gradients to every layer below it (see the test of compiled training).
         x = F.adaptive_max_pool2d(x, 1).flatten(1)
