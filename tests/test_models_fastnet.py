@@ -233,6 +233,5 @@ def test_silu_activation_replaces_every_gelu():
 
 def test_unknown_activation_is_a_config_error():
     from cifarkit.config import recipe_from_dict
-    from cifarkit.errors import ConfigError
     with pytest.raises(ConfigError, match="activation"):
         recipe_from_dict({"model": {"arch": "fastnet", "activation": "relu"}})

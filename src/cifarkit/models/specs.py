@@ -79,7 +79,7 @@ class FastNetSpec:
     scaling: float = 1 / 9                # multiply logits before the loss (temperature)
     bn_momentum: float = 0.6
     bn_eps: float = 1e-12
-    activation: Literal["gelu", "silu"] = "gelu"   # silu: cheaper than GELU's erf on CPUs (hiverge)
+    activation: Literal["gelu", "silu"] = "gelu"   # silu as the hiverge speed run (no faster on CPUs: benchmarks/)
 
     def validate(self) -> None:
         check(len(self.widths) > 0 and all(w > 0 for w in self.widths), "'model.widths' must be positive")
