@@ -24,6 +24,12 @@ from cifarkit.train.cpu_setup import prepare_cpu_training
 from cifarkit.train.engine import Trainer
 
 
+def command_line(argv: list[str]) -> str:
+    """The command as typed, with the program's name instead of its path: run.json is meant to be
+    shared, and where cifarkit is installed says nothing about the run."""
+    return " ".join([Path(argv[0]).name, *argv[1:]]) if argv else ""
+
+
 def default_run_dir(recipe: Recipe, runs_root: str | Path = "runs") -> Path:
     return Path(runs_root) / f"{recipe.name}-s{recipe.seed}"
 
@@ -82,7 +88,7 @@ def train_run(recipe: Recipe, run_dir: str | Path, *, data_dir=None, resume: boo
     elif resume:
         log(f"{run.root} has no checkpoint yet; starting from the beginning")
         _truncate_metrics(run, 0)
-    record = run_record(device, command=" ".join(sys.argv), data_source=data.arrays.source,
+    record = run_record(device, command=command_line(sys.argv), data_source=data.arrays.source,
                         seed=recipe.seed, started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     write_json(run.run_json, record)
     summary = trainer.fit()
