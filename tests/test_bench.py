@@ -57,6 +57,7 @@ def test_bench_records_work_speed_and_where_it_ran(bench_json):
 
 
 @pytest.mark.parametrize("result, recipe", [("fast94-cpu.json", "fast94"), ("fast94-cpu-seed3.json", "fast94"),
+                                            ("fast94-cpu-C.json", "fast94"),
                                             ("fast94-sgd-cpu-db86576.json", "fast94-sgd")])
 def test_committed_results_belong_to_the_recipes_of_that_name(result, recipe):
     """The README quotes these files for these recipes: what ran must be what the recipe says now
