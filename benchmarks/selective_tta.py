@@ -15,26 +15,23 @@ import argparse
 import time
 from pathlib import Path
 
-import torch
-
-from cifarkit.bench import synchronize
-from cifarkit.data.prepare import make_loader, prepare_data
+from cifarkit.device import synchronize
 from cifarkit.evaluate.loading import load_trained
 from cifarkit.evaluate.metrics import accuracy
-from cifarkit.evaluate.report import autocast_dtype
-from cifarkit.evaluate.tta import predict_probs
+from cifarkit.experiment import Experiment
 from cifarkit.fsio import write_json
-from cifarkit.runinfo import resolve_device, run_record
+from cifarkit.runinfo import run_record
 
 
-def measure(model, loader, labels, *, mode: str, fraction: float, recipe, device) -> dict:
+def measure(experiment: Experiment, model, *, mode: str, fraction: float) -> dict:
+    device = experiment.device
     synchronize(device)
     start = time.perf_counter()
-    probs = predict_probs(model, loader, mode=mode, device=device, autocast_dtype=autocast_dtype(recipe, device),
-                          batch_size=recipe.eval.batch_size, fraction=fraction)
+    probs = experiment.predict(model, "test", tta=mode, fraction=fraction)
     synchronize(device)
     seconds = time.perf_counter() - start
-    return {"mode": mode, "fraction": fraction, "accuracy": accuracy(probs.numpy(), labels), "seconds": seconds}
+    return {"mode": mode, "fraction": fraction, "accuracy": accuracy(probs.numpy(), experiment.data.arrays.test_labels),
+            "seconds": seconds}
 
 
 def main() -> None:
@@ -45,26 +42,18 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    device = resolve_device(args.device)
-    trained = load_trained(args.run, device=device)
-    recipe = trained.recipe
-    data = prepare_data(recipe.data, args.data_dir, log=lambda m: None)
-    arrays = data.arrays
-    loader = make_loader(arrays.test_images, arrays.test_labels, recipe, device, mean=data.mean, std=data.std,
-                         train=False)
-    model = trained.model
-    if recipe.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    measure(model, loader, arrays.test_labels, mode="none", fraction=1.0, recipe=recipe, device=device)  # warm-up
-    results = [measure(model, loader, arrays.test_labels, mode=recipe.eval.tta, fraction=f, recipe=recipe,
-                       device=device) for f in args.fractions]
-    results.append(measure(model, loader, arrays.test_labels, mode="flip", fraction=1.0, recipe=recipe,
-                           device=device))
+    experiment = Experiment(load_trained(args.run).recipe, device=args.device, log=lambda m: None)
+    trained = load_trained(args.run, device=experiment.device)
+    experiment.load_data(args.data_dir)
+    recipe, model = trained.recipe, trained.model
+    measure(experiment, model, mode="none", fraction=1.0)  # warm-up
+    results = [measure(experiment, model, mode=recipe.eval.tta, fraction=f) for f in args.fractions]
+    results.append(measure(experiment, model, mode="flip", fraction=1.0))
     for r in results:
         print(f"{r['mode']} fraction {r['fraction']:g}: accuracy {r['accuracy']:.4f} in {r['seconds']:.2f}s")
     if args.json:
         write_json(args.json, {"run": str(args.run), "weights": trained.source, "results": results,
-                                **run_record(device)})
+                                **run_record(experiment.device)})
         print(f"wrote {args.json}")
 
 

@@ -13,54 +13,55 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from cifarkit.augment.pipeline import build_augment
-from cifarkit.bench import synchronize
 from cifarkit.config import load_recipe, recipe_to_dict
+from cifarkit.data.cifar import CifarArrays
 from cifarkit.data.loader import CIFAR10_MEAN, CIFAR10_STD
-from cifarkit.data.prepare import make_loader
+from cifarkit.data.prepare import PreparedData
+from cifarkit.device import resolve_device, synchronize
+from cifarkit.experiment import Experiment
 from cifarkit.fsio import write_json
-from cifarkit.models.registry import build_model
-from cifarkit.rundir import RunDir
-from cifarkit.runinfo import resolve_device, run_record
-from cifarkit.train.engine import Trainer
+from cifarkit.runinfo import run_record
 
 
-def measure(recipe_name: str, batch: int, device: torch.device, steps: int, warmup: int) -> dict:
-    recipe = load_recipe(recipe_name, [f"train.batch_size={batch}", f"device={device.type}"])
-    n = batch * (steps + warmup)
+def random_data(n: int) -> PreparedData:
+    """n random training images of CIFAR's shape (no validation split), 10 classes."""
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
     labels = rng.integers(0, 10, n)
-    augment = build_augment(recipe.augment, CIFAR10_MEAN, seed=recipe.seed)
-    loader = make_loader(images, labels, recipe, device, mean=CIFAR10_MEAN, std=CIFAR10_STD, train=True,
-                         augment=augment)
-    model = build_model(recipe.model, 10).to(device, memory_format=torch.channels_last)
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(recipe, model, loader, None, RunDir(tmp), device, persist=False)
-        loader.set_epoch(0)
-        batches = iter(loader)
-        prep, step = [], []
-        for i in range(steps + warmup):
-            synchronize(device)
-            t0 = time.perf_counter()
-            x, y = next(batches)
-            synchronize(device)
-            t1 = time.perf_counter()
-            trainer._step(x, y, 0, i)
-            trainer.state.step += 1
-            synchronize(device)
-            t2 = time.perf_counter()
-            if i >= warmup:
-                prep.append(t1 - t0)
-                step.append(t2 - t1)
+    arrays = CifarArrays(images, labels, images[:1], labels[:1], [str(i) for i in range(10)], "random")
+    return PreparedData(arrays, np.arange(n), np.arange(0), CIFAR10_MEAN, CIFAR10_STD)
+
+
+def measure(recipe_name: str, batch: int, device: torch.device, steps: int, warmup: int) -> dict:
+    recipe = load_recipe(recipe_name, [f"train.batch_size={batch}", f"device={device.type}", "data.val_size=0"])
+    experiment = Experiment(recipe, device=device, log=lambda m: None)
+    experiment.data = random_data(batch * (steps + warmup))
+    trainer = experiment.build_trainer(run=None, progress=False)
+    loader = trainer.train_loader
+    loader.set_epoch(0)
+    batches = iter(loader)
+    prep, step = [], []
+    for i in range(steps + warmup):
+        synchronize(device)
+        t0 = time.perf_counter()
+        x, y = next(batches)
+        synchronize(device)
+        t1 = time.perf_counter()
+        trainer._step(x, y, 0, i)
+        trainer.state.step += 1
+        synchronize(device)
+        t2 = time.perf_counter()
+        if i >= warmup:
+            prep.append(t1 - t0)
+            step.append(t2 - t1)
     total = sum(prep) + sum(step)
+    augment = loader.augment
     return {"recipe": recipe_name, "batch_size": batch, "steps": steps,
             "images_per_second": batch * steps / total,
             "batch_preparation_share": sum(prep) / total,

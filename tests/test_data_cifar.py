@@ -438,5 +438,5 @@ def test_download_command_refuses_a_traversing_archive(tmp_path, capsys):
     write_tar(archive, members)
     rc = main(["download", "--data-dir", str(root), "--extract", "--no-verify"])
     err = capsys.readouterr().err
-    assert rc == 2 and "refuses to extract member '../escaped.txt'" in err
+    assert rc == 4 and "refuses to extract member '../escaped.txt'" in err
     assert not (tmp_path / "escaped.txt").exists() and not (root / "cifar-10-batches-py").exists()

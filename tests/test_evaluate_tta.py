@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cifarkit.errors import ConfigError, DataError
-from cifarkit.evaluate.tta import TTA_MODES, predict_logits, predict_probs, tta_views
+from cifarkit.evaluate.inference import infer
+from cifarkit.evaluate.tta import TTA_MODES, tta_views
 
 VIEW_COUNTS = {"none": 1, "flip": 2, "flip_translate": 6, "view8": 8}
 
@@ -93,20 +94,20 @@ def test_view8_views_and_weights(images):
 def test_mode_none_equals_plain_softmax(images):
     model = small_net().eval()
     expected = F.softmax(model(images), dim=1)
-    probs = predict_probs(model, images, mode="none")
+    probs = infer(model, images, mode="none")
     assert probs.dtype == torch.float32 and probs.shape == (6, 10)
     torch.testing.assert_close(probs, expected)
-    torch.testing.assert_close(predict_logits(model, images, mode="none"), model(images))
+    torch.testing.assert_close(infer(model, images, output="logits", mode="none"), model(images))
 
 
 def test_flip_mode_equals_none_on_flip_invariant_model(images):
     model = FlipInvariant(small_net())
-    none = predict_probs(model, images, mode="none")
-    flip = predict_probs(model, images, mode="flip")
+    none = infer(model, images, mode="none")
+    flip = infer(model, images, mode="flip")
     torch.testing.assert_close(flip, none)
     # ...whereas on an ordinary model flipping changes the prediction.
     plain = small_net()
-    assert not torch.allclose(predict_probs(plain, images, mode="flip"), predict_probs(plain, images))
+    assert not torch.allclose(infer(plain, images, mode="flip"), infer(plain, images))
 
 
 def test_flip_translate_logits_match_airbench_formula(images):
@@ -118,28 +119,29 @@ def test_flip_translate_logits_match_airbench_formula(images):
     padded = F.pad(images, (1,) * 4, mode="reflect")
     shifted = [padded[:, :, 0:16, 0:16], padded[:, :, 2:18, 2:18]]
     expected = 0.5 * mirror(images) + 0.5 * torch.stack([mirror(s) for s in shifted]).mean(0)
-    torch.testing.assert_close(predict_logits(model, images, mode="flip_translate"), expected)
+    torch.testing.assert_close(infer(model, images, output="logits", mode="flip_translate"), expected)
 
 
 @pytest.mark.parametrize("mode", TTA_MODES)
 def test_probs_are_a_distribution(images, mode):
-    probs = predict_probs(small_net(), images, mode=mode)
+    probs = infer(small_net(), images, mode=mode)
     torch.testing.assert_close(probs.sum(dim=1), torch.ones(6))
     assert (probs >= 0).all()
 
 
 def test_loader_tensor_and_batch_size_agree(images):
     model = small_net()
-    whole = predict_probs(model, images, mode="flip_translate")
-    chunked = predict_probs(model, images, mode="flip_translate", batch_size=4)
+    whole = infer(model, images, mode="flip_translate")
+    chunked = infer(model, images, mode="flip_translate", batch_size=4)
     labels = torch.arange(6)
     loader = [(images[:4], labels[:4]), (images[4:], labels[4:])]
-    from_loader, got_labels = predict_probs(model, loader, mode="flip_translate", return_labels=True)
+    from_loader = infer(model, loader, mode="flip_translate")
+    images_only = infer(model, [images[:4], images[4:]], mode="flip_translate")
     torch.testing.assert_close(chunked, whole)
     torch.testing.assert_close(from_loader, whole)
-    assert torch.equal(got_labels, labels) and got_labels.dtype == torch.int64
+    torch.testing.assert_close(images_only, whole)
     # A channels_last batch gives the same numbers.
-    cl = predict_probs(model, images.contiguous(memory_format=torch.channels_last), mode="flip_translate")
+    cl = infer(model, images.contiguous(memory_format=torch.channels_last), mode="flip_translate")
     torch.testing.assert_close(cl, whole)
 
 
@@ -147,8 +149,8 @@ def test_loader_tensor_and_batch_size_agree(images):
 def test_model_runs_in_eval_mode_and_mode_is_restored(images, was_training):
     model = small_net()
     model.train(was_training)
-    first = predict_probs(model, images)
-    second = predict_probs(model, images)
+    first = infer(model, images)
+    second = infer(model, images)
     # Dropout off and BN running statistics used: deterministic and unchanged.
     torch.testing.assert_close(first, second)
     assert model.training is was_training
@@ -159,43 +161,43 @@ def test_model_runs_in_eval_mode_and_mode_is_restored(images, was_training):
 
 def test_autocast_bfloat16_returns_float32_close_to_full_precision(images):
     model = small_net()
-    full = predict_probs(model, images, mode="flip")
-    low = predict_probs(model, images, mode="flip", autocast_dtype=torch.bfloat16)
+    full = infer(model, images, mode="flip")
+    low = infer(model, images, mode="flip", precision="bf16")
     assert low.dtype == torch.float32
     torch.testing.assert_close(low, full, atol=3e-2, rtol=0)
 
 
 def test_no_gradients_are_recorded(images):
     model = small_net()
-    probs = predict_probs(model, images.requires_grad_(), mode="flip")
+    probs = infer(model, images.requires_grad_(), mode="flip")
     assert not probs.requires_grad
 
 
 def test_bad_inputs_raise_clear_errors(images):
     model = small_net()
     with pytest.raises(ConfigError, match="unknown test-time augmentation mode 'mirror'"):
-        predict_probs(model, images, mode="mirror")
+        infer(model, images, mode="mirror")
     with pytest.raises(ConfigError):
         tta_views(images, "flipflop")
     with pytest.raises(DataError, match="no images"):
-        predict_probs(model, images[:0])
-    with pytest.raises(DataError, match="no labels"):
-        predict_probs(model, images, return_labels=True)
+        infer(model, images[:0])
+    with pytest.raises(ConfigError, match="unknown inference output 'scores'"):
+        infer(model, images, output="scores")
     with pytest.raises(DataError, match=r"\(B, C, H, W\)"):
         tta_views(images[0], "flip")
     with pytest.raises(DataError, match="at least 5x5"):
         tta_views(torch.zeros(1, 3, 4, 4), "view8")
     with pytest.raises(DataError, match="batches of images"):
-        predict_probs(model, [None])
+        infer(model, [None])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_autocast_channels_last_matches_cpu(images):
     model = small_net()
-    cpu = predict_probs(model, images, mode="view8")
+    cpu = infer(model, images, mode="view8")
     model.cuda()
-    gpu = predict_probs(model, images.contiguous(memory_format=torch.channels_last), mode="view8",
-                        device="cuda", autocast_dtype=torch.float16)
+    gpu = infer(model, images.contiguous(memory_format=torch.channels_last), mode="view8",
+                device="cuda", precision="fp16")
     assert gpu.device.type == "cpu" and gpu.dtype == torch.float32
     torch.testing.assert_close(gpu, cpu, atol=1e-2, rtol=0)
 
@@ -203,19 +205,19 @@ def test_cuda_autocast_channels_last_matches_cpu(images):
 def test_selective_tta_gives_full_views_to_the_least_confident_and_two_views_to_the_rest():
     model = small_net().eval()
     x = torch.randn(40, 3, 16, 16, generator=torch.Generator().manual_seed(3))
-    full = predict_probs(model, x, mode="flip_translate", batch_size=40)
-    two = predict_probs(model, x, mode="flip", batch_size=40)
-    chosen = predict_probs(model, x, mode="flip_translate", batch_size=40, fraction=0.25)
+    full = infer(model, x, mode="flip_translate", batch_size=40)
+    two = infer(model, x, mode="flip", batch_size=40)
+    chosen = infer(model, x, mode="flip_translate", batch_size=40, fraction=0.25)
     top2 = two.topk(2, dim=1).values
     least_confident = set((top2[:, 0] - top2[:, 1]).argsort()[:10].tolist())
     for i in range(40):
         torch.testing.assert_close(chosen[i], full[i] if i in least_confident else two[i])
     assert not torch.allclose(full, two)               # the shifted views really change scores
-    torch.testing.assert_close(predict_probs(model, x, mode="flip_translate", fraction=1.0), full)
+    torch.testing.assert_close(infer(model, x, mode="flip_translate", fraction=1.0), full)
     # per batch: 0.25 of each 20-image batch (5 each), ranked within its own batch
-    per_batch = predict_logits(model, x, mode="flip_translate", batch_size=20, fraction=0.25)
-    full_logits = predict_logits(model, x, mode="flip_translate", batch_size=20)
+    per_batch = infer(model, x, output="logits", mode="flip_translate", batch_size=20, fraction=0.25)
+    full_logits = infer(model, x, output="logits", mode="flip_translate", batch_size=20)
     assert sum(torch.allclose(a, b) for a, b in zip(per_batch, full_logits)) >= 10
     for bad in (0.0, 1.5):
         with pytest.raises(ConfigError, match="fraction"):
-            predict_probs(model, x, mode="flip_translate", fraction=bad)
+            infer(model, x, mode="flip_translate", fraction=bad)

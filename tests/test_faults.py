@@ -186,15 +186,15 @@ def test_signal_checkpoints_and_exits_with_the_conventional_code(reference, fake
 
 
 def _poison_step(monkeypatch, bad_step: int):
-    from cifarkit.train import engine
-    original = engine.Trainer._step
+    from cifarkit.train import trainer as training
+    original = training.Trainer._step
 
     def poisoned(self, x, y, epoch, batch):
         if self.state.step == bad_step:
             x = x * float("nan")
         return original(self, x, y, epoch, batch)
 
-    monkeypatch.setattr(engine.Trainer, "_step", poisoned)
+    monkeypatch.setattr(training.Trainer, "_step", poisoned)
 
 
 def test_nonfinite_loss_stops_naming_step_lr_and_checkpoint(fake_cifar, tmp_path, monkeypatch, capsys):

@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cifarkit.config import TrainConfig
 from cifarkit.errors import ConfigError, DataError
-from cifarkit.models.fastnet import FastNet, init_whitening, param_groups
+from cifarkit.models.fastnet import FastNet, init_whitening
 from cifarkit.models.specs import FastNetSpec
 
 AIRBENCH94_PARAMS = 1_972_792
@@ -119,17 +120,31 @@ def test_init_whitening_rejects_bad_images(net):
         init_whitening(net, torch.zeros(4, 3, 32, 32, dtype=torch.uint8))
 
 
-def test_param_groups_cover_every_trainable_parameter_once(net):
-    groups = param_groups(net)
-    assert set(groups) == {"whiten_bias", "norm_biases", "conv_weights", "head"}
-    assert [len(groups[k]) for k in ("whiten_bias", "norm_biases", "conv_weights", "head")] == [1, 6, 6, 1]
-    grouped = [id(p) for params in groups.values() for p in params]
-    trainable = [id(p) for p in net.parameters() if p.requires_grad]
-    assert sorted(grouped) == sorted(trainable) and len(set(grouped)) == len(grouped)
-    assert all(p.ndim == 4 for p in groups["conv_weights"])
-    assert groups["head"][0] is net.head.weight and groups["whiten_bias"][0] is net.whiten.bias
-    with pytest.raises(TypeError):
-        param_groups(nn.Linear(2, 2))
+def test_param_groups_give_the_whitening_and_bn_biases_their_own_rates(net):
+    cfg = TrainConfig(lr=2.0, weight_decay=0.01, bias_lr_scale=64, whiten_bias_lr_scale=8, whiten_bias_decay=True)
+    groups = net.param_groups(cfg, steps_per_epoch=10)
+    assert list(groups) == ["whiten_bias", "norm_biases"]
+    assert groups["whiten_bias"]["params"] == [net.whiten.bias]
+    assert groups["whiten_bias"]["lr_scale"] == 8 and groups["whiten_bias"]["weight_decay"] == pytest.approx(0.01 / 8)
+    assert groups["whiten_bias"]["linear_to_zero_steps"] == net.spec.whiten_bias_epochs * 10
+    norms = [m.bias for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert [id(p) for p in groups["norm_biases"]["params"]] == [id(p) for p in norms]
+    assert groups["norm_biases"]["lr_scale"] == 64
+    # the rest (conv filters, head) is the optimizer's default group; nothing frozen is grouped
+    grouped = {id(p) for g in groups.values() for p in g["params"]}
+    assert all(p.requires_grad for g in groups.values() for p in g["params"])
+    assert {id(net.head.weight), *(id(c.weight) for c in net.blocks.modules() if isinstance(c, nn.Conv2d))}.isdisjoint(grouped)
+    # the airbench94 defaults: no whitening-bias group, BN biases only when scaled
+    assert list(net.param_groups(TrainConfig(bias_lr_scale=64), 10)) == ["norm_biases"]
+    assert net.param_groups(TrainConfig(), 10) == {}
+
+
+def test_prepare_computes_the_whitening_from_the_first_images():
+    a, b = FastNet(FastNetSpec(widths=[8, 16, 16])), FastNet(FastNetSpec(widths=[8, 16, 16]))
+    images = smooth_images(8)
+    a.prepare(images.contiguous(memory_format=torch.channels_last))
+    init_whitening(b, images, num_images=FastNet.prepare_images, eps=b.spec.whiten_eps)
+    assert torch.equal(a.whiten.weight, b.whiten.weight) and a.whiten.weight.abs().sum() > 0
 
 
 def test_other_shapes_kernel3_and_three_convs_per_block():
@@ -149,7 +164,7 @@ def test_training_step_moves_only_trainable_parameters():
     model = FastNet(FastNetSpec(widths=[8, 16, 16]))
     init_whitening(model, smooth_images(16))
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
-    opt = torch.optim.SGD([p for ps in param_groups(model).values() for p in ps], lr=0.1)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
     loss = F.cross_entropy(model(torch.randn(8, 3, 32, 32)), torch.arange(8) % 10)
     loss.backward()
     opt.step()

@@ -1,9 +1,6 @@
-"""build_model, parameter counting, the budget check, summaries (torchinfo and fallback), FLOPs."""
+"""build_model, parameter counting, the budget check, torchinfo summaries, FLOPs."""
 
 from __future__ import annotations
-
-import sys
-from dataclasses import dataclass
 
 import pytest
 import torch
@@ -32,13 +29,7 @@ def test_build_model_dispatches_on_arch():
     assert isinstance(fast, FastNet) and fast.head.out_features == 100
 
 
-def test_build_model_rejects_unknown_arch_and_invalid_spec():
-    @dataclass
-    class OtherSpec:
-        arch: str = "vit"
-
-    with pytest.raises(ConfigError, match="unknown model.arch 'vit'"):
-        build_model(OtherSpec())
+def test_build_model_rejects_an_invalid_spec():
     with pytest.raises(ConfigError, match="dropout"):
         build_model(ResNetSpec(dropout=1.5))
 
@@ -62,7 +53,6 @@ def test_check_budget(model_002):
 
 
 def test_summarize_with_torchinfo_matches_reference_002(model_002):
-    pytest.importorskip("torchinfo")
     model_002.train()
     before = {k: v.clone() for k, v in model_002.state_dict().items()}
     summary = summarize(model_002)
@@ -73,19 +63,6 @@ def test_summarize_with_torchinfo_matches_reference_002(model_002):
     # The model itself is untouched: same mode, same weights and BN statistics.
     assert model_002.training
     assert all(torch.equal(before[k], v) for k, v in model_002.state_dict().items())
-
-
-def test_summarize_fallback_without_torchinfo(model_002, monkeypatch):
-    monkeypatch.setitem(sys.modules, "torchinfo", None)  # `import torchinfo` now raises ImportError
-    summary = summarize(model_002)
-    assert summary.total_params == summary.trainable_params == 4_916_284
-    assert summary.mult_adds == pytest.approx(MULT_ADDS_002, rel=0.01)
-    assert "stages.0.0 (BasicBlock)" in summary.table and "[1, 66, 32, 32]" in summary.table
-    assert "stages.2 (Sequential)" in summary.table and "[1, 264, 8, 8]" in summary.table
-    assert "stages.0.0.conv1 (Conv2d)" not in summary.table  # depth 3: blocks, not their layers
-    assert "Total params: 4,916,284" in summary.table
-    fast = summarize(build_model(FastNetSpec()))
-    assert (fast.total_params, fast.trainable_params) == (1_972_792, 1_972_792 - 288 - 1152)
 
 
 def test_flops_per_image_by_hand_and_per_image():

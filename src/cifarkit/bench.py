@@ -3,13 +3,14 @@
 Timing follows the speed-run records: the data is decoded and on the device before the clock
 starts; the clock covers every training step and the final test-time-augmented evaluation, with
 the device synchronized before each reading. A warm-up run (kernel selection, torch.compile) is
-timed separately and reported on its own.
+timed separately and reported on its own. A bench stopped by SIGINT/SIGTERM writes the seeds that
+finished, marked partial, and exits 130/143.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -18,22 +19,14 @@ import torch
 
 from cifarkit.augment.schedule import resize_size_at
 from cifarkit.config import load_recipe, recipe_to_dict
-from cifarkit.data.prepare import make_loader, prepare_data
+from cifarkit.device import synchronize
 from cifarkit.evaluate.metrics import accuracy
-from cifarkit.evaluate.report import autocast_dtype
-from cifarkit.evaluate.tta import predict_probs
+from cifarkit.experiment import Experiment
 from cifarkit.fsio import write_json
 from cifarkit.models.registry import build_model, flops_per_image
-from cifarkit.rundir import RunDir
-from cifarkit.runinfo import resolve_device, run_record
+from cifarkit.runinfo import run_record
 from cifarkit.stats import describe, one_sided_p_value
-from cifarkit.train.run import build_trainer
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for queued GPU work so a clock reading means something; nothing to do on the CPU."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from cifarkit.train.interrupt import Interrupted
 
 
 def matmul_gflops(device: torch.device, repeats: int = 5) -> float:
@@ -56,79 +49,95 @@ def matmul_gflops(device: torch.device, repeats: int = 5) -> float:
     return 2 * n ** 3 / best / 1e9
 
 
-def time_one_seed(recipe, data, device, test_loader, log) -> dict:
+def time_one_seed(experiment: Experiment) -> dict:
     """Train and evaluate one seed; returns accuracy and the seconds of each phase."""
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = build_trainer(recipe, data, RunDir(tmp), device, log=lambda m: None, persist=False)
-        synchronize(device)
-        start = time.perf_counter()
-        summary = trainer.fit()
-        synchronize(device)
-        trained = time.perf_counter()
-        probs = predict_probs(trainer.model, test_loader, mode=recipe.eval.tta, device=device,
-                              autocast_dtype=autocast_dtype(recipe, device), batch_size=recipe.eval.batch_size,
-                              fraction=recipe.eval.tta_fraction)
-        synchronize(device)
-        end = time.perf_counter()
-    acc = accuracy(probs.cpu().numpy(), data.arrays.test_labels)
-    return {"seed": recipe.seed, "accuracy": acc, "train_seconds": trained - start, "eval_seconds": end - trained,
-            "seconds": end - start, "steps": summary["steps"]}
+    device = experiment.device
+    trainer = experiment.build_trainer(run=None, progress=False)
+    synchronize(device)
+    start = time.perf_counter()
+    summary = trainer.fit()
+    synchronize(device)
+    trained = time.perf_counter()
+    probs = experiment.predict(trainer.model, "test")
+    synchronize(device)
+    end = time.perf_counter()
+    acc = accuracy(probs.numpy(), experiment.data.arrays.test_labels)
+    return {"seed": experiment.recipe.seed, "accuracy": acc, "train_seconds": trained - start,
+            "eval_seconds": end - trained, "seconds": end - start, "steps": summary["steps"]}
+
+
+class BenchInterrupted(Interrupted):
+    """A signal stopped the bench; the seeds that finished were written, marked partial."""
 
 
 def run_benchmark(recipe_name: str, *, seeds: int = 3, overrides: list[str] | None = None, data_dir=None,
                   out=None, first_seed: int = 0, log: Callable[[str], None] = print) -> dict:
     base = load_recipe(recipe_name, overrides)
-    device = resolve_device(base.device)
+    experiment = Experiment(base, log=log)
+    device = experiment.device
+    experiment.check()
     record = run_record(device)          # taken before the runs: the commit of the code that runs
-    data = prepare_data(base.data, data_dir, log=log)
-    test_loader = make_loader(data.arrays.test_images, data.arrays.test_labels, base, device,
-                              mean=data.mean, std=data.std, train=False)
+    experiment.load_data(data_dir)
+    experiment = experiment.with_recipe(base, log=lambda m: None)     # no per-seed model and augment lines
+    out = Path(out) if out else Path("benchmarks") / "results" / f"{base.name}-{device.type}.json"
 
     speed_before = matmul_gflops(device)
-    warm_recipe = load_recipe(recipe_name, (overrides or []) + ["train.epochs=1", f"device={device.type}"])
+    warm = experiment.with_recipe(dataclasses.replace(base, train=dataclasses.replace(base.train, epochs=1)))
     synchronize(device)
     t0 = time.perf_counter()
-    time_one_seed(warm_recipe, data, device, test_loader, log)
+    time_one_seed(warm)
     warmup_seconds = time.perf_counter() - t0
     log(f"warm-up (1 epoch, compile and kernel selection): {warmup_seconds:.1f}s")
 
     runs = []
     for seed in range(first_seed, first_seed + seeds):
-        recipe = load_recipe(recipe_name, (overrides or []) + [f"seed={seed}", f"device={device.type}"])
-        result = time_one_seed(recipe, data, device, test_loader, log)
+        try:
+            result = time_one_seed(experiment.with_seed(seed))
+        except Interrupted as stop:
+            partial = _result(base, experiment, runs, warmup_seconds, speed_before, None, record)
+            write_json(out, {**partial, "partial": True, "interrupted_at_seed": seed})
+            done = ", ".join(str(r["seed"]) for r in runs) or "none"
+            raise BenchInterrupted(stop.signum, f"bench stopped during seed {seed}; finished seeds: {done}; "
+                                                f"wrote {out} (marked partial)") from None
         runs.append(result)
         log(f"seed {seed}: accuracy {result['accuracy']:.4f} in {result['seconds']:.2f}s "
             f"(train {result['train_seconds']:.2f}s, eval {result['eval_seconds']:.2f}s)")
 
-    speed_after = matmul_gflops(device)
+    result = _result(base, experiment, runs, warmup_seconds, speed_before, matmul_gflops(device), record)
+    write_json(out, result)
+    a, s = result["accuracy"], result["seconds"]
+    log(f"{base.name} on {device}: accuracy {a['mean']:.4f} +- {a['std']:.4f} over {a['n']} seeds, "
+        f"median {s['median']:.2f}s; wrote {out}")
+    return result
+
+
+def _result(base, experiment: Experiment, runs: list[dict], warmup_seconds: float, speed_before: float,
+            speed_after: float | None, record: dict) -> dict:
+    """The bench JSON for the runs so far."""
     accs = [r["accuracy"] for r in runs]
     times = [r["seconds"] for r in runs]
+    data = experiment.data
     images_per_epoch = len(data.train_idx) // base.train.batch_size * base.train.batch_size
-    train_images = images_per_epoch * base.train.epochs
     model = build_model(base.model, data.num_classes)
     fwd_flops = flops_per_image(model)
-    train_flops = 3 * images_per_epoch * sum(_epoch_flops_per_image(model, base, epoch, fwd_flops)
-                                             for epoch in range(base.train.epochs))
-    train_time = statistics.median(r["train_seconds"] for r in runs)
     result = {
-        "recipe": base.name, "device": str(device), "seeds": [r["seed"] for r in runs], "runs": runs,
+        "recipe": base.name, "device": str(experiment.device), "seeds": [r["seed"] for r in runs], "runs": runs,
         "accuracy": describe(accs), "seconds": describe(times),
         "target_accuracy": base.target_accuracy,
         "p_value_mean_above_target": (one_sided_p_value(accs, base.target_accuracy)
                                       if base.target_accuracy is not None else None),
         "warmup_seconds": warmup_seconds,
-        "train_images_per_second": train_images / train_time,
         "forward_flops_per_image": fwd_flops,
-        "training_flops_per_second": train_flops / train_time,
         "timing": "first training step to end of the final TTA evaluation; data decoded and on the device",
         "bf16_matmul_gflops": {"before": speed_before, "after": speed_after},
         "recipe_resolved": recipe_to_dict(base), **record,
     }
-    out = Path(out) if out else Path("benchmarks") / "results" / f"{base.name}-{device.type}.json"
-    write_json(out, result)
-    a, s = result["accuracy"], result["seconds"]
-    log(f"{base.name} on {device}: accuracy {a['mean']:.4f} +- {a['std']:.4f} over {a['n']} seeds, "
-        f"median {s['median']:.2f}s; wrote {out}")
+    if runs:
+        train_time = statistics.median(r["train_seconds"] for r in runs)
+        train_flops = 3 * images_per_epoch * sum(_epoch_flops_per_image(model, base, epoch, fwd_flops)
+                                                 for epoch in range(base.train.epochs))
+        result["train_images_per_second"] = images_per_epoch * base.train.epochs / train_time
+        result["training_flops_per_second"] = train_flops / train_time
     return result
 
 

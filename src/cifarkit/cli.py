@@ -8,30 +8,106 @@ import sys
 from pathlib import Path
 
 from cifarkit import __version__
-from cifarkit.errors import CifarkitError
+from cifarkit.errors import EXIT_OUT_OF_MEMORY, CifarkitError, OutputError
 
 DEFAULT_RECIPE = "fast94"
 
+DESCRIPTION = """\
+Train, evaluate and ship CIFAR-10/100 image classifiers under a parameter budget.
 
-def _recipe_args(p: argparse.ArgumentParser, default: str | None = DEFAULT_RECIPE) -> None:
-    p.add_argument("--recipe", "-r", default=default, help=f"built-in recipe name or YAML path (default: {default})")
+A recipe (a built-in name such as fast94 or seed002, or a YAML file) says everything about a run:
+the model, the data split, the augmentation, the optimizer and the evaluation. `train` turns it
+into a run directory; `evaluate` scores the run on the test set once, after selecting on the
+validation split; `predict` writes a competition submission; `bench` measures time to accuracy.
+"""
+
+EXAMPLES = {
+    "main": """\
+examples:
+  cifarkit recipes                                   # the built-in recipes
+  cifarkit train --data-dir ../shared/datasets       # train fast94 into runs/fast94-s0/
+  cifarkit predict runs/fast94-s0 --input cifar_test_nolabel.pkl --output submission.csv
+""",
+    "recipes": """\
+examples:
+  cifarkit recipes                                   # model, parameters and epochs of each recipe
+  cifarkit recipes show seed002                      # the resolved recipe as YAML, to copy and edit
+  cifarkit recipes show fast94 --set train.epochs=12 > my.yaml
+""",
+    "summary": """\
+examples:
+  cifarkit summary --recipe seed002                  # layer table, parameters, multiply-adds
+  cifarkit summary --run runs/seed002-s0             # also accuracy per million parameters
+""",
+    "train": """\
+examples:
+  cifarkit train --data-dir ../shared/datasets                     # fast94, seed 0
+  cifarkit train --recipe seed002 --seed 1 --set train.lr=0.05     # any recipe value can change
+  cifarkit train --resume runs/seed002-s1                          # continue after an interruption
+""",
+    "evaluate": """\
+examples:
+  cifarkit evaluate runs/seed002-s0                  # every model of the run, TTA, ensemble, plots
+  cifarkit evaluate runs/seed002-s0 --tta none       # without test-time augmentation
+""",
+    "predict": """\
+examples:
+  cifarkit predict runs/fast94-s0 --input cifar_test_nolabel.pkl --output submission.csv
+  cifarkit predict runs/seed000-s0 --weights ensemble --input cifar_test_nolabel.pkl --header ID,Labels
+  cifarkit predict runs/fast94-s0 --input photo.png cat.jpg --json
+""",
+    "export": """\
+examples:
+  cifarkit export runs/fast94-s0                     # safetensors weights + model.json in runs/fast94-s0/export
+  cifarkit export runs/seed002-s0 --weights best --out shipped/
+""",
+    "download": """\
+examples:
+  cifarkit download --data-dir data                  # fetch and verify CIFAR-10 into data/
+  cifarkit download --dataset cifar100 --data-dir data --extract
+""",
+    "bench": """\
+examples:
+  cifarkit bench --recipe fast94 --seeds 5 --device cpu --data-dir ../shared/datasets
+  cifarkit bench --recipe fast95 --seeds 25 --device cuda --out results/fast95-gpu.json
+""",
+}
+
+
+def _parser(sub, name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help_text, description=description, epilog=EXAMPLES[name],
+                          formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+
+
+def _recipe_args(p: argparse.ArgumentParser, default_note: str = f"default: {DEFAULT_RECIPE}") -> None:
+    p.add_argument("--recipe", "-r", default=None, help=f"built-in recipe name or YAML path ({default_note})")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set train.epochs=5 (repeatable)")
 
 
-def _resolve(args, overrides_extra: list[str] | None = None):
-    from cifarkit.config import load_recipe
-    overrides = list(args.overrides) + list(overrides_extra or [])
-    return load_recipe(args.recipe, overrides)
+def _device_arg(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    p.add_argument("--device", default=default, choices=["auto", "cpu", "cuda"],
+                   help="where to run (default: the recipe's device; auto = a GPU when there is one)")
 
+
+def _load(recipe: str, overrides: list[str]):
+    from cifarkit.config import load_recipe
+    return load_recipe(recipe, overrides)
+
+
+# -- commands ------------------------------------------------------------------------------------
 
 def cmd_recipes(args) -> int:
-    from cifarkit.config import builtin_recipe_names, load_recipe
+    from cifarkit.config import builtin_recipe_names, dump_recipe
+    from cifarkit.experiment import expected_num_classes
     from cifarkit.models.registry import build_model, count_parameters
+    if args.action == "show":
+        print(dump_recipe(_load(args.name, args.overrides)), end="")
+        return 0
     rows = []
     for name in builtin_recipe_names():
-        r = load_recipe(name)
-        params = count_parameters(build_model(r.model, 100 if r.data.dataset == "cifar100" else 10))
+        r = _load(name, [])
+        params = count_parameters(build_model(r.model, expected_num_classes(r.data)))
         rows.append((name, r.model.arch, f"{params:,}", str(r.train.epochs), r.description.split("\n")[0]))
     widths = [max(len(row[i]) for row in rows + [("recipe", "model", "params", "epochs", "")]) for i in range(4)]
     print(f"{'recipe':<{widths[0]}}  {'model':<{widths[1]}}  {'params':>{widths[2]}}  {'epochs':>{widths[3]}}  description")
@@ -41,20 +117,21 @@ def cmd_recipes(args) -> int:
 
 
 def cmd_summary(args) -> int:
+    from cifarkit.experiment import expected_num_classes
     from cifarkit.models.registry import build_model, check_budget, summarize
-    if args.run and not args.recipe_given:
-        args.recipe = str(Path(args.run) / "recipe.yaml")
-    recipe = _resolve(args)
-    model = build_model(recipe.model, 100 if recipe.data.dataset == "cifar100" else 10)
+    from cifarkit.rundir import RunDir
+    run = RunDir(args.run) if args.run else None
+    source = args.recipe or (str(run.recipe_path) if run else DEFAULT_RECIPE)
+    if run and not args.recipe and not run.exists():
+        run.load_recipe()                            # the one clear error for a non-run directory
+    recipe = _load(source, args.overrides)
+    model = build_model(recipe.model, expected_num_classes(recipe.data))
     info = summarize(model)
     print(info.table)
     print(f"recipe {recipe.name}: {info.total_params:,} parameters ({info.trainable_params:,} trainable), "
           f"{info.mult_adds / 1e6:,.1f} M multiply-adds per image")
-    if args.run:
-        summary_path = Path(args.run) / "summary.json"
-        if not summary_path.is_file():
-            raise CifarkitError(f"{args.run} has no summary.json; run `cifarkit evaluate {args.run}` first")
-        s = json.loads(summary_path.read_text())
+    if run:
+        s = run.read_summary()
         print(f"run {args.run}: test accuracy {s['test_accuracy']:.4f} ({s['selected']}), "
               f"{s['accuracy_per_million_parameters']:.4f} accuracy per million parameters")
     check_budget(model, recipe.budget, recipe.allow_over_budget or args.allow_over_budget)
@@ -63,8 +140,6 @@ def cmd_summary(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from cifarkit.config import load_recipe
-    from cifarkit.evaluate.report import evaluate_run
     from cifarkit.rundir import RunDir
     from cifarkit.train.run import default_run_dir, train_run
     extra = []
@@ -76,16 +151,14 @@ def cmd_train(args) -> int:
         extra.append(f"device={args.device}")
     if args.resume:
         run_dir = Path(args.resume)
-        source = args.recipe if args.recipe_given else str(RunDir(run_dir).recipe_path)
-        if not args.recipe_given and not RunDir(run_dir).exists():
-            raise CifarkitError(f"{run_dir} is not a cifarkit run directory (no recipe.yaml)")
-        recipe = load_recipe(source, list(args.overrides) + extra)
+        if not args.recipe:
+            RunDir(run_dir).load_recipe()            # the one clear error for a non-run directory
+        recipe = _load(args.recipe or str(RunDir(run_dir).recipe_path), args.overrides + extra)
     else:
-        recipe = _resolve(args, extra)
+        recipe = _load(args.recipe or DEFAULT_RECIPE, args.overrides + extra)
         run_dir = Path(args.out) if args.out else default_run_dir(recipe)
-    train_run(recipe, run_dir, data_dir=args.data_dir, resume=bool(args.resume), force=args.force)
-    if not args.no_eval:
-        evaluate_run(run_dir, args.data_dir, device=args.device)
+    train_run(recipe, run_dir, data_dir=args.data_dir, resume=bool(args.resume), force=args.force,
+              evaluate=not args.no_eval)
     print(f"run directory: {run_dir}")
     return 0
 
@@ -137,77 +210,109 @@ def cmd_download(args) -> int:
 def cmd_bench(args) -> int:
     from cifarkit.bench import run_benchmark
     extra = [f"device={args.device}"] if args.device else []
-    run_benchmark(args.recipe, seeds=args.seeds, overrides=list(args.overrides) + extra,
+    run_benchmark(args.recipe or DEFAULT_RECIPE, seeds=args.seeds, overrides=args.overrides + extra,
                   data_dir=args.data_dir, out=args.out, first_seed=args.first_seed)
     return 0
 
 
+# -- the parser ----------------------------------------------------------------------------------
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cifarkit", description=__doc__.split(":")[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(prog="cifarkit", description=DESCRIPTION, epilog=EXAMPLES["main"],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"cifarkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("recipes", help="list the built-in recipes")
-    p.set_defaults(func=cmd_recipes)
+    p = _parser(sub, "recipes", "list the built-in recipes, or show one as YAML",
+                "List the built-in recipes (model, parameters, epochs), or print one recipe fully resolved "
+                "(its base recipes merged, --set applied) as YAML that `cifarkit train --recipe FILE` accepts.")
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    actions.add_parser("list", help="the built-in recipes (the default)", allow_abbrev=False)
+    show = actions.add_parser("show", help="one recipe, resolved, as YAML", allow_abbrev=False)
+    show.add_argument("name", help="built-in recipe name or YAML path")
+    show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a recipe value before printing (repeatable)")
+    p.set_defaults(func=cmd_recipes, action="list")
 
-    p = sub.add_parser("summary", help="layer table, parameters, multiply-adds, budget check")
-    _recipe_args(p)
-    p.add_argument("--run", help="a run directory: also report accuracy per million parameters")
+    p = _parser(sub, "summary", "layer table, parameters, multiply-adds, budget check",
+                "Print a recipe's model as a layer table with its parameter count and multiply-adds, and "
+                "check it against the parameter budget (non-zero exit when it is over).")
+    _recipe_args(p, f"default: the run's recipe with --run, else {DEFAULT_RECIPE}")
+    p.add_argument("--run", help="a run directory: its recipe, and its accuracy per million parameters")
     p.add_argument("--allow-over-budget", action="store_true", help="do not fail when over the parameter budget")
     p.set_defaults(func=cmd_summary)
 
-    p = sub.add_parser("train", help="train a recipe into a run directory, then evaluate it")
-    _recipe_args(p)
-    p.add_argument("--data-dir", help="CIFAR archive or folder (default: $CIFARKIT_DATA, then ./data)")
+    p = _parser(sub, "train", "train a recipe into a run directory, then evaluate it",
+                "Train a recipe into a run directory (recipe.yaml, run.json, metrics.jsonl, checkpoints, "
+                "TensorBoard logs), then evaluate it on the test set. SIGINT/SIGTERM write a checkpoint "
+                "and exit 130/143; --resume continues from it with exactly the same result.")
+    _recipe_args(p, f"default: {DEFAULT_RECIPE}, or the run's recipe with --resume")
+    p.add_argument("--data-dir", help="CIFAR archive or folder (default: $CIFARKIT_DATA, then ./data, then download)")
     p.add_argument("--out", help="run directory (default: runs/<recipe>-s<seed>)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--seed", type=int, help="the seed of everything random (default: the recipe's, 0)")
+    p.add_argument("--epochs", type=int, help="shorthand for --set train.epochs=N")
+    _device_arg(p)
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     p.add_argument("--force", action="store_true", help="resume even though the recipe changed")
     p.add_argument("--no-eval", action="store_true", help="skip the test-set evaluation after training")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="test metrics, TTA, ensembles, plots and summary.json for a run")
+    p = _parser(sub, "evaluate", "test metrics, TTA, ensembles, plots and summary.json for a run",
+                "Score every trained model of a run (final, best, EMA, SWA, the recipe's ensemble), select one "
+                "on the validation split, and report all of them on the test set, read once: summary.json "
+                "and plots/ in the run directory.")
     p.add_argument("run", help="run directory")
-    p.add_argument("--data-dir")
-    p.add_argument("--tta", choices=["none", "flip", "flip_translate", "view8"])
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--data-dir", help="CIFAR archive or folder (default: $CIFARKIT_DATA, then ./data)")
+    p.add_argument("--tta", choices=["none", "flip", "flip_translate", "view8"],
+                   help="test-time augmentation (default: the recipe's)")
+    _device_arg(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="a submission CSV from the competition pickle, or labels for images")
+    p = _parser(sub, "predict", "a submission CSV from the competition pickle, or labels for images",
+                "Predict with a trained run, a weights file or an export: a submission CSV (one row per id, "
+                "sorted) from the competition's unlabeled pickle, or the top classes of image files.")
     p.add_argument("source", help="run directory, weights .pt file, or export folder")
     p.add_argument("--input", "-i", nargs="+", required=True, help="cifar_test_nolabel.pkl, or PNG/JPEG files")
-    p.add_argument("--output", "-o", default="submission.csv")
-    p.add_argument("--weights", default="auto", choices=["auto", "final", "best", "ema", "swa", "ensemble"])
-    p.add_argument("--tta", choices=["none", "flip", "flip_translate", "view8"])
+    p.add_argument("--output", "-o", default="submission.csv", help="the CSV to write (default: submission.csv)")
+    p.add_argument("--weights", default="auto", choices=["auto", "final", "best", "ema", "swa", "ensemble"],
+                   help="which model of a run (default auto: the one evaluate selected, ensemble included)")
+    p.add_argument("--tta", choices=["none", "flip", "flip_translate", "view8"],
+                   help="test-time augmentation (default: the recipe's)")
     p.add_argument("--header", default="ID,Labels", help="CSV header (default ID,Labels)")
     p.add_argument("--self-normalize", action="store_true",
                    help="normalize the input set with its own channel statistics instead of the training set's")
-    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--top-k", type=int, default=3, help="classes listed per image file (default 3)")
     p.add_argument("--json", action="store_true", help="print image predictions as JSON")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    _device_arg(p, default="auto")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("export", help="write weights as safetensors plus the architecture as JSON")
+    p = _parser(sub, "export", "write weights as safetensors plus the architecture as JSON",
+                "Write one trained model as model.safetensors (no pickle) plus model.json (architecture, "
+                "normalization, classes), loadable by `cifarkit predict EXPORT_DIR`.")
     p.add_argument("run", help="run directory")
-    p.add_argument("--weights", default="auto", choices=["auto", "final", "best", "ema", "swa"])
+    p.add_argument("--weights", default="auto", choices=["auto", "final", "best", "ema", "swa"],
+                   help="which model (default auto: the one evaluate selected; an ensemble is refused)")
     p.add_argument("--out", help="output folder (default: RUN_DIR/export)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("download", help="fetch (HTTPS, MD5) and verify CIFAR-10/100; optionally extract it")
-    p.add_argument("--dataset", default="cifar10", choices=["cifar10", "cifar100"])
+    p = _parser(sub, "download", "fetch (HTTPS, MD5) and verify CIFAR-10/100; optionally extract it",
+                "Make sure a verified local copy of the dataset exists: download the official archive over "
+                "HTTPS when none is found (MD5-checked), check CIFAR-10 by content, and optionally unpack it.")
+    p.add_argument("--dataset", default="cifar10", choices=["cifar10", "cifar100"], help="which dataset (default cifar10)")
     p.add_argument("--data-dir", help="where to look and download (default: $CIFARKIT_DATA, then ./data)")
     p.add_argument("--extract", action="store_true", help="also unpack the archive (safely) next to it")
     p.add_argument("--no-verify", action="store_true", help="skip the CIFAR-10 content check")
     p.set_defaults(func=cmd_download)
 
-    p = sub.add_parser("bench", help="train a recipe over several seeds; write accuracy and timing JSON")
-    _recipe_args(p, default="fast94")
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--first-seed", type=int, default=0)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--data-dir")
+    p = _parser(sub, "bench", "train a recipe over several seeds; write accuracy and timing JSON",
+                "Train and evaluate a recipe for several seeds with the data already on the device, timing "
+                "training plus the final evaluation (warm-up reported separately), and write accuracy mean, "
+                "std and p-value against the recipe's target, times, hardware and versions as JSON.")
+    _recipe_args(p)
+    p.add_argument("--seeds", type=int, default=3, help="how many seeds (default 3)")
+    p.add_argument("--first-seed", type=int, default=0, help="the first seed (default 0)")
+    _device_arg(p)
+    p.add_argument("--data-dir", help="CIFAR archive or folder (default: $CIFARKIT_DATA, then ./data)")
     p.add_argument("--out", help="JSON path (default: benchmarks/results/<recipe>-<device>.json)")
     p.set_defaults(func=cmd_bench)
     return parser
@@ -215,9 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    args.recipe_given = any(a in ("--recipe", "-r") or a.startswith("--recipe=") for a in argv)
+    if not sys.stdout.isatty() and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)   # `cifarkit train > log` can be followed live
+    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except CifarkitError as e:
@@ -226,13 +331,27 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cifarkit: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        print("cifarkit: error: out of memory; lower train.batch_size (or train.micro_batch) and "
+              "eval.batch_size with --set", file=sys.stderr)
+        return EXIT_OUT_OF_MEMORY
     except OSError as e:          # disk full, permissions, ...: files are written atomically, so nothing is torn
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""
         print(f"cifarkit: error: {where}{e.strerror or e}", file=sys.stderr)
-        return 2
-    except MemoryError:
-        print("cifarkit: error: out of memory; lower train.batch_size or eval.batch_size", file=sys.stderr)
-        return 2
+        return OutputError.exit_code
+    except RuntimeError as e:
+        if not _is_out_of_memory(e):
+            raise
+        print("cifarkit: error: out of memory on the device; lower train.batch_size (or train.micro_batch) "
+              "and eval.batch_size with --set", file=sys.stderr)
+        return EXIT_OUT_OF_MEMORY
+
+
+def _is_out_of_memory(error: RuntimeError) -> bool:
+    """torch.OutOfMemoryError (CUDA) and the CPU allocator's 'DefaultCPUAllocator: can't allocate memory'."""
+    import torch
+    oom = getattr(torch, "OutOfMemoryError", None)
+    return (oom is not None and isinstance(error, oom)) or "can't allocate memory" in str(error)
 
 
 if __name__ == "__main__":

@@ -8,20 +8,30 @@ runs/<name>/
   checkpoints/{final,best,ema,swa}.pt   weights for evaluation
   summary.json         every evaluation number (written by `cifarkit evaluate`)
   plots/*.png          confusion matrices, ROC curves, training curves
+  tensorboard/         TensorBoard event files of the training curves
+  .lock                held (flock) by the process that trains or evaluates the run
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
 from pathlib import Path
+from typing import Iterator
 
 import yaml
 
 from cifarkit.config import Recipe, dump_recipe, recipe_diff, recipe_from_dict, recipe_to_dict
-from cifarkit.errors import CifarkitError, ConfigError
+from cifarkit.errors import CheckpointError, ConfigError, OutputError
 from cifarkit.fsio import read_jsonl, write_text
 
 WEIGHT_KINDS = ("final", "best", "ema", "swa")
+
+
+class RunLockedError(CheckpointError):
+    """Another process holds the run directory's lock."""
 # Keys that may change between a run and its resume without changing what is computed.
 RESUME_FREE_KEYS = ("name", "description", "device", "data.download")
 
@@ -51,7 +61,7 @@ class RunDir:
     def check_new(self) -> None:
         """Refuse to mix two runs in one directory."""
         if self.exists():
-            raise CifarkitError(f"{self.root} already holds a run; continue it with --resume {self.root}, "
+            raise CheckpointError(f"{self.root} already holds a run; continue it with --resume {self.root}, "
                                 "or choose another directory with --out")
 
     def create(self, recipe: Recipe) -> None:
@@ -63,7 +73,7 @@ class RunDir:
 
     def load_recipe(self) -> Recipe:
         if not self.exists():
-            raise CifarkitError(f"{self.root} is not a cifarkit run directory (no recipe.yaml)")
+            raise CheckpointError(f"{self.root} is not a cifarkit run directory (no recipe.yaml)")
         try:
             data = yaml.safe_load(self.recipe_path.read_text(encoding="utf-8"))
         except yaml.YAMLError:
@@ -94,6 +104,47 @@ class RunDir:
     def read_metrics(self) -> list[dict]:
         return read_jsonl(self.metrics)
 
+    def read_run_info(self) -> dict:
+        """run.json ({} when it is missing or unreadable: it describes the run, it decides nothing)."""
+        try:
+            info = json.loads(self.run_json.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            return {}
+        return info if isinstance(info, dict) else {}
+
+    def read_summary(self) -> dict:
+        """summary.json as written by `cifarkit evaluate`."""
+        if not self.summary.is_file():
+            raise CheckpointError(f"{self.root} has no summary.json; run `cifarkit evaluate {self.root}` first")
+        try:
+            summary = json.loads(self.summary.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise CheckpointError(f"{self.summary} is not valid JSON; run `cifarkit evaluate {self.root}` again") from None
+        if not isinstance(summary, dict):
+            raise CheckpointError(f"{self.summary} does not hold an evaluation summary")
+        return summary
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold an exclusive lock on the run for the duration: a second process that trains,
+        resumes or evaluates the same run is refused with one line instead of interleaving its
+        files. The lock is an flock on `.lock`, so it dies with its process (no stale locks)."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            handle = open(self.root / ".lock", "a+")
+        except OSError as e:
+            raise OutputError(f"cannot write to {self.root}: {e.strerror or e}") from None
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunLockedError(f"{self.root} is in use by another cifarkit process (training or "
+                                     "evaluating it); wait for it to finish") from None
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
 
 def check_writable(directory: Path) -> None:
     """Fail before training when outputs could not be written, rather than after an hour."""
@@ -106,4 +157,4 @@ def check_writable(directory: Path) -> None:
             os.fsync(f.fileno())
         probe.unlink()
     except OSError as e:
-        raise CifarkitError(f"cannot write to {directory}: {e.strerror or e}") from None
+        raise OutputError(f"cannot write to {directory}: {e.strerror or e}") from None

@@ -14,18 +14,6 @@ from pathlib import Path
 import torch
 
 import cifarkit
-from cifarkit.errors import DeviceError
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' picks CUDA when present; asking for CUDA without a GPU is an error, not a silent CPU run."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DeviceError("--device cuda was asked for, but no CUDA GPU is available here; use --device cpu")
-    if name not in ("cpu",) and not name.startswith("cuda"):
-        raise DeviceError(f"unknown device '{name}'; use auto, cpu or cuda")
-    return torch.device(name)
 
 
 def git_commit() -> str | None:

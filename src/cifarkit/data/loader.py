@@ -20,7 +20,7 @@ from cifarkit.data.stats import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR1
 from cifarkit.errors import ConfigError, DataError
 from cifarkit.seeding import make_generator
 
-__all__ = ["DeviceLoader", "Augment", "normalize", "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_MEAN",
+__all__ = ["DeviceLoader", "Augment", "normalize", "to_model_input", "normalized_batches", "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_MEAN",
            "CIFAR100_STD", "channel_stats"]
 
 # augment(x01, *, generator, epoch, indices) -> x01: float32 (B, 3, H, W) in [0, 1] in and out;
@@ -90,14 +90,45 @@ class DeviceLoader:
         generator = make_generator(self.seed, self.device, "shuffle", epoch)
         return torch.randperm(self.num_examples, generator=generator, device=self.device)
 
+    def plain_images(self, count: int) -> torch.Tensor:
+        """The first `count` images of the split as the model sees them, without augmentation
+        (what a data-dependent initialization such as FastNet's whitening is computed from)."""
+        return to_model_input(self.images[:count], self.mean, self.std, self.dtype, self.channels_last)
+
     def _prepare(self, x_uint8: torch.Tensor, indices: torch.Tensor, epoch: int, batch: int) -> torch.Tensor:
+        if self.augment is None:
+            return to_model_input(x_uint8, self.mean, self.std, self.dtype, self.channels_last)
         x = x_uint8.to(torch.float32).div_(255)
-        if self.augment is not None:
-            generator = make_generator(self.seed, self.device, "augment", epoch, batch)
-            x = self.augment(x, generator=generator, epoch=epoch, indices=indices)
-        x = normalize(x, self.mean, self.std)
-        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        return x.to(dtype=self.dtype, memory_format=memory_format)
+        generator = make_generator(self.seed, self.device, "augment", epoch, batch)
+        x = self.augment(x, generator=generator, epoch=epoch, indices=indices)
+        return _finish(normalize(x, self.mean, self.std), self.dtype, self.channels_last)
+
+
+def to_model_input(x_uint8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, dtype: torch.dtype = torch.float32,
+                   channels_last: bool = True) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> normalized float batch in the model's memory format."""
+    x = x_uint8.to(torch.float32).div_(255)
+    return _finish(normalize(x, mean, std), dtype, channels_last)
+
+
+def _finish(x: torch.Tensor, dtype: torch.dtype, channels_last: bool) -> torch.Tensor:
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    return x.to(dtype=dtype, memory_format=memory_format)
+
+
+def normalized_batches(images: np.ndarray | torch.Tensor, *, mean: Sequence[float], std: Sequence[float],
+                       batch_size: int, device: str | torch.device = "cpu",
+                       channels_last: bool = True) -> Iterator[torch.Tensor]:
+    """Unlabelled uint8 (N, 3, H, W) images as normalized batches on `device`, in order (prediction)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    device = torch.device(device)
+    images = _image_tensor(images)
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    for start in range(0, len(images), batch_size):
+        chunk = images[start:start + batch_size].to(device, non_blocking=True)
+        yield to_model_input(chunk, mean_t, std_t, channels_last=channels_last)
 
 
 def _image_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,7 @@
-"""From a recipe's data section to arrays, a held-out split and loaders on the device.
+"""From a recipe's data section to arrays, a held-out split and the normalization statistics.
 
-The training, evaluation and prediction commands all come through here, so they agree on the
-split, the normalization and the loader.
+Every command comes through here (via `cifarkit.experiment.Experiment`), so they agree on the
+split and the normalization.
 """
 
 from __future__ import annotations
@@ -10,11 +10,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-import torch
 
-from cifarkit.config import DataConfig, Recipe
+from cifarkit.config import DataConfig
 from cifarkit.data.cifar import CifarArrays, load_cifar
-from cifarkit.data.loader import CIFAR10_MEAN, CIFAR10_STD, DeviceLoader, channel_stats
+from cifarkit.data.loader import CIFAR10_MEAN, CIFAR10_STD, channel_stats
 from cifarkit.data.splits import stratified_split
 
 
@@ -51,13 +50,3 @@ def prepare_data(cfg: DataConfig, data_dir=None, log: Callable[[str], None] = pr
         # Statistics of the images actually trained on (CIFAR-100, or a non-standard copy).
         mean, std = channel_stats(arrays.train_images[train_idx])
     return PreparedData(arrays, train_idx, val_idx, tuple(mean), tuple(std))
-
-
-def make_loader(images, labels, recipe: Recipe, device: torch.device, *, mean, std, train: bool,
-                augment=None, batch_size: int | None = None) -> DeviceLoader:
-    return DeviceLoader(
-        images, labels,
-        batch_size=batch_size or (recipe.train.batch_size if train else recipe.eval.batch_size),
-        device=device, mean=mean, std=std, shuffle=train, drop_last=train, augment=augment,
-        channels_last=recipe.train.channels_last, seed=recipe.seed,
-    )

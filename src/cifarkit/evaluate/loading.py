@@ -65,22 +65,36 @@ def load_export(directory: str | Path, device="cpu") -> TrainedModel:
 
 
 def load_trained(source: str | Path, weights: str = "auto", device="cpu") -> TrainedModel:
-    """A run directory (with `weights` = final/best/ema/swa/auto), a weights .pt file, or an export folder."""
+    """One model: a run directory (with `weights` = final/best/ema/swa/auto), a weights .pt file, or
+    an export folder. A run whose selected model is an ensemble is refused here with the choice of
+    members; `load_models` loads all of them."""
+    members = load_models(source, weights, device)
+    if len(members) > 1:
+        kinds = "+".join(Path(m.source).stem for m in members)
+        raise CheckpointError(f"{source}: the selected model is the ensemble {kinds}, which is not one set of "
+                              f"weights; choose a member with --weights ({', '.join(Path(m.source).stem for m in members)})")
+    return members[0]
+
+
+def load_models(source: str | Path, weights: str = "auto", device="cpu") -> list[TrainedModel]:
+    """The model(s) `weights` names; several when it names an ensemble (see `weight_kinds`)."""
     source = Path(source)
     if source.is_file():
-        return load_weights_file(source, device)
+        return [load_weights_file(source, device)]
     if (source / "model.safetensors").is_file():
-        return load_export(source, device)
+        return [load_export(source, device)]
     run = RunDir(source)
     if not run.exists():
         raise CifarkitError(f"{source} is not a run directory, a weights file or an export")
-    kind = select_weights(run) if weights == "auto" else weights
-    if not run.weights(kind).is_file():
-        have = ", ".join(run.available_weights()) or "none (train it first)"
-        raise CheckpointError(f"{run.root} has no '{kind}' weights; available: {have}")
-    trained = load_weights_file(run.weights(kind), device)
-    _check_matches_run(trained, run)
-    return trained
+    members = []
+    for kind in weight_kinds(run, weights):
+        if not run.weights(kind).is_file():
+            have = ", ".join(run.available_weights()) or "none (train it first)"
+            raise CheckpointError(f"{run.root} has no '{kind}' weights; available: {have}")
+        trained = load_weights_file(run.weights(kind), device)
+        _check_matches_run(trained, run)
+        members.append(trained)
+    return members
 
 
 def _check_matches_run(trained: TrainedModel, run: RunDir) -> None:
@@ -94,16 +108,33 @@ def _check_matches_run(trained: TrainedModel, run: RunDir) -> None:
                               f"({'; '.join(diffs[:4])})")
 
 
-def select_weights(run: RunDir) -> str:
-    """The weights chosen on the validation split by `evaluate`, else best, else final."""
-    if run.summary.is_file():
-        try:
-            chosen = json.loads(run.summary.read_text(encoding="utf-8")).get("selected")
-        except json.JSONDecodeError:
-            chosen = None
-        if chosen in run.available_weights():
-            return chosen
+def weight_kinds(run: RunDir, weights: str) -> list[str]:
+    """Which weights files `weights` means for a run.
+
+      auto       what `evaluate` selected on the validation split -- every member when that was the
+                 ensemble -- else best, else final
+      ensemble   the recipe's ensemble members that were trained (at least two)
+      other      that one kind
+    """
+    if weights == "ensemble":
+        recipe = run.load_recipe()
+        members = [k for k in recipe.eval.ensemble if run.weights(k).is_file()]
+        if len(members) < 2:
+            raise CifarkitError(f"{run.root}: the recipe's ensemble {recipe.eval.ensemble} has fewer than two "
+                                "trained members")
+        return members
+    if weights != "auto":
+        return [weights]
+    available = run.available_weights()
+    summary = run.read_summary() if run.summary.is_file() else {}
+    chosen = summary.get("selected")
+    if chosen == "ensemble":
+        members = (summary.get("models", {}).get("ensemble") or {}).get("members") or []
+        if len(members) >= 2 and all(m in available for m in members):
+            return list(members)
+    elif chosen in available:
+        return [chosen]
     for kind in ("best", "final"):
-        if run.weights(kind).is_file():
-            return kind
+        if kind in available:
+            return [kind]
     raise CheckpointError(f"{run.root} has no trained weights yet")

@@ -9,40 +9,26 @@ import numpy as np
 
 from cifarkit.data.custom_test import check_writable_target, load_custom_test, write_submission
 from cifarkit.data.images import load_image
-from cifarkit.data.loader import DeviceLoader, channel_stats
-from cifarkit.errors import CifarkitError
-from cifarkit.evaluate.loading import TrainedModel, load_trained
-from cifarkit.evaluate.report import autocast_dtype
-from cifarkit.evaluate.tta import predict_probs
-from cifarkit.rundir import RunDir
-from cifarkit.runinfo import resolve_device
-
-
-def load_members(source, weights: str, device) -> list[TrainedModel]:
-    """One model, or every member of the recipe's ensemble when weights == 'ensemble'."""
-    if weights != "ensemble":
-        return [load_trained(source, weights, device)]
-    run = RunDir(source)
-    recipe = run.load_recipe()
-    members = [k for k in recipe.eval.ensemble if run.weights(k).is_file()]
-    if len(members) < 2:
-        raise CifarkitError(f"{source}: the recipe's ensemble {recipe.eval.ensemble} has fewer than two trained members")
-    return [load_trained(source, k, device) for k in members]
+from cifarkit.data.loader import channel_stats, normalized_batches
+from cifarkit.device import inference_precision, resolve_device
+from cifarkit.evaluate.inference import infer
+from cifarkit.evaluate.loading import TrainedModel, load_models
 
 
 def predict_array(members: list[TrainedModel], images: np.ndarray, *, tta: str | None, device,
                   self_normalize: bool = False) -> np.ndarray:
-    """Averaged class probabilities (N, C) for uint8 images (N, 3, 32, 32)."""
-    first = members[0]
+    """Class probabilities (N, C) for uint8 images (N, 3, 32, 32), averaged over the members (an
+    ensemble), each with its own test-time augmentation unless `tta` says otherwise."""
     if self_normalize:
         mean, std = channel_stats(images)   # 002's answer to a shifted test distribution
-    else:
-        mean, std = first.mean, first.std
-    loader = DeviceLoader(images, np.zeros(len(images), dtype=np.int64), batch_size=first.recipe.eval.batch_size,
-                          device=device, mean=mean, std=std, channels_last=first.recipe.train.channels_last)
-    probs = [predict_probs(m.model, loader, mode=tta or m.recipe.eval.tta, device=device,
-                           autocast_dtype=autocast_dtype(m.recipe, device),
-                           fraction=m.recipe.eval.tta_fraction).float().cpu().numpy() for m in members]
+    probs = []
+    for m in members:
+        batches = normalized_batches(images, mean=mean if self_normalize else m.mean,
+                                     std=std if self_normalize else m.std, batch_size=m.recipe.eval.batch_size,
+                                     device=device, channels_last=m.recipe.train.channels_last)
+        probs.append(infer(m.model, batches, mode=tta or m.recipe.eval.tta, device=device,
+                           precision=inference_precision(m.recipe.train.precision, device),
+                           fraction=m.recipe.eval.tta_fraction).numpy())
     return np.mean(probs, axis=0)
 
 
@@ -51,7 +37,7 @@ def predict_submission(source, input_path, output_path, *, weights="auto", tta=N
     device = resolve_device(device)
     images, ids = load_custom_test(input_path)          # validated before any model is loaded
     check_writable_target(Path(output_path))
-    members = load_members(source, weights, device)
+    members = load_models(source, weights, device)
     probs = predict_array(members, images, tta=tta, device=device, self_normalize=self_normalize)
     labels = probs.argmax(1)
     write_submission(output_path, ids, labels, header=tuple(header), num_classes=probs.shape[1])
@@ -65,7 +51,7 @@ def predict_images(source, paths: list[str | Path], *, weights="auto", tta=None,
                    top_k: int = 3) -> list[dict]:
     device = resolve_device(device)
     loaded = [load_image(p) for p in paths]            # every file checked before any model work
-    members = load_members(source, weights, device)
+    members = load_models(source, weights, device)
     images = np.stack([img for img, _ in loaded])
     probs = predict_array(members, images, tta=tta, device=device)
     classes = members[0].classes or [str(i) for i in range(probs.shape[1])]

@@ -27,6 +27,7 @@ from torch import nn
 
 from cifarkit.errors import DataError
 from cifarkit.models.specs import FastNetSpec
+from cifarkit.models.trainable import TrainableModel, scaled_group
 
 
 class FrozenScaleBatchNorm(nn.BatchNorm2d):
@@ -82,8 +83,10 @@ class ConvGroup(nn.Module):
 ACTIVATIONS = {"gelu": F.gelu, "silu": F.silu}
 
 
-class FastNet(nn.Module):
+class FastNet(TrainableModel):
     """Input float (B, 3, 32, 32) normalized, any memory format; output scaled logits (B, num_classes)."""
+
+    prepare_images = 5000      # the whitening filters come from the patches of this many training images
 
     def __init__(self, spec: FastNetSpec, num_classes: int = 10):
         super().__init__()
@@ -106,6 +109,24 @@ class FastNet(nn.Module):
     def set_epoch(self, epoch: int) -> None:
         """The whitening bias learns during the first `whiten_bias_epochs` epochs only (airbench)."""
         self.whiten.bias.requires_grad_(epoch < self.spec.whiten_bias_epochs)
+
+    def param_groups(self, cfg, steps_per_epoch: int) -> dict[str, dict]:
+        """The whitening bias at `whiten_bias_lr_scale` x the learning rate; with `whiten_bias_decay`
+        its rate leaves the schedule and falls linearly to 0 at the step the bias freezes
+        (airbench94_muon). Then the BN biases, as for any model."""
+        groups = {}
+        if cfg.whiten_bias_lr_scale is not None or cfg.whiten_bias_decay:
+            group = scaled_group([self.whiten.bias], cfg.whiten_bias_lr_scale or 1.0, cfg.weight_decay)
+            if cfg.whiten_bias_decay:
+                group["linear_to_zero_steps"] = self.spec.whiten_bias_epochs * steps_per_epoch
+            groups["whiten_bias"] = group
+        return {**groups, **super().param_groups(cfg, steps_per_epoch)}
+
+    @torch.no_grad()
+    def prepare(self, train_images: torch.Tensor) -> None:
+        """The frozen whitening filters, from the patch covariance of the training images."""
+        init_whitening(self, train_images.float().contiguous(), num_images=self.prepare_images,
+                       eps=self.spec.whiten_eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.blocks(self.activation(self.whiten(x)))
@@ -144,29 +165,3 @@ def init_whitening(model: FastNet, images: torch.Tensor, num_images: int = 5000,
     filters = eigenvectors / torch.sqrt(eigenvalues.clamp_min(0) + eps)[:, None]
     filters = filters.reshape(-1, 3, k, k)
     layer.weight.copy_(torch.cat([filters, -filters]).to(layer.weight.dtype))
-
-
-def param_groups(model: FastNet) -> dict[str, list[nn.Parameter]]:
-    """The trainable parameters split the way the speed-run optimizers treat them.
-
-      whiten_bias   the whitening conv's bias (airbench trains it at the bias learning rate,
-                    and only for the first epochs)
-      norm_biases   BatchNorm biases (airbench: 64x learning rate)
-      conv_weights  the 3x3 conv filters (the tensors Muon orthogonalizes)
-      head          the linear head's weight
-
-    Every trainable parameter is in exactly one group; frozen ones (whitening filters, BN weights)
-    are in none. Accepts a torch.compile'd model too.
-    """
-    model = getattr(model, "_orig_mod", model)
-    if not isinstance(model, FastNet):
-        raise TypeError(f"param_groups expects a FastNet, got {type(model).__name__}")
-    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    convs = [m for m in model.blocks.modules() if isinstance(m, nn.Conv2d)]
-    groups = {
-        "whiten_bias": [model.whiten.bias],
-        "norm_biases": [m.bias for m in norms],
-        "conv_weights": [m.weight for m in convs],
-        "head": [model.head.weight],
-    }
-    return {name: [p for p in params if p.requires_grad] for name, params in groups.items()}

@@ -15,6 +15,7 @@ from torch import nn
 from cifarkit.errors import ConfigError
 from cifarkit.models.blocks import CBAM, BasicBlock, SqueezeExcite
 from cifarkit.models.specs import ResNetSpec
+from cifarkit.models.trainable import TrainableModel
 
 IMAGE_SIZE = 32  # CIFAR; only "avg4" pooling depends on it (its flattened width)
 
@@ -27,7 +28,7 @@ def make_attention(spec: ResNetSpec, channels: int) -> nn.Module | None:
     return None
 
 
-class ResNet(nn.Module):
+class ResNet(TrainableModel):
     """A CIFAR ResNet; input float (B, 3, 32, 32) in any memory format, output logits (B, num_classes)."""
 
     def __init__(self, spec: ResNetSpec, num_classes: int = 10):
