@@ -154,3 +154,70 @@ def test_mixer_works_on_channels_last():
     out_cl, t_cl = mixer(x.contiguous(memory_format=torch.channels_last), y, 0.0, gen(2))
     out, t = mixer(x, y, 0.0, gen(2))
     assert torch.equal(out_cl, out) and torch.equal(t_cl, t)
+
+
+class FixedMixUp:
+    """torchvision's v2 MixUp / CutMix with their random draws replaced by given ones."""
+
+    @staticmethod
+    def mixup(lam):
+        from torchvision.transforms import v2
+
+        class Fixed(v2.MixUp):
+            def make_params(self, flat_inputs):
+                return {"lam": lam}
+        return Fixed(num_classes=B)
+
+    @staticmethod
+    def cutmix(lam, centre_x, centre_y):
+        from torchvision.transforms import v2
+        draws = iter([torch.tensor([centre_x]), torch.tensor([centre_y])])
+
+        class Fixed(v2.CutMix):
+            def make_params(self, flat_inputs):
+                self._dist = type("Lam", (), {"sample": staticmethod(lambda shape: torch.tensor(lam))})()
+                real_randint = torch.randint
+                torch.randint = lambda *args, **kwargs: next(draws)   # the centre torchvision draws
+                try:
+                    return super().make_params(flat_inputs)
+                finally:
+                    torch.randint = real_randint
+        return Fixed(num_classes=B)
+
+
+def roll_partners(monkeypatch):
+    """Make our mixer pair image i with image i - 1, as torchvision's batch.roll(1, 0) does."""
+    import cifarkit.augment.mixing as mixing
+    real = torch.randperm
+    monkeypatch.setattr(mixing.torch, "randperm", lambda n, **kw: (torch.arange(n) - 1) % n)
+    return real
+
+
+@pytest.mark.parametrize("lam", [0.2, 0.65])
+def test_mixup_matches_torchvision_v2_mixup_for_the_same_lambda_and_partners(monkeypatch, lam):
+    import cifarkit.augment.mixing as mixing
+    x, y = batch(3)
+    monkeypatch.setattr(mixing, "sample_beta", lambda alpha, generator: lam)
+    roll_partners(monkeypatch)
+    ours, our_targets = Mixer(B, mixup_p=1.0, mixup_alpha=1.0, cutmix_p=0.0, cutmix_alpha=1.0)(x, y, 0.0, gen(0))
+    theirs, their_targets = FixedMixUp.mixup(lam)(x.clone(), y)
+    torch.testing.assert_close(ours, theirs)
+    torch.testing.assert_close(our_targets, their_targets)
+
+
+@pytest.mark.parametrize("lam, seed", [(0.3, 0), (0.7, 1), (0.05, 2)])
+def test_cutmix_matches_torchvision_v2_cutmix_for_the_same_lambda_centre_and_partners(monkeypatch, lam, seed):
+    import cifarkit.augment.mixing as mixing
+    x, y = batch(4)
+    monkeypatch.setattr(mixing, "sample_beta", lambda alpha, generator: lam)
+    roll_partners(monkeypatch)
+    # the box centre our mixer draws from its generator (after its coin and permutation draws)
+    g = gen(seed)
+    torch.rand(1, generator=g)
+    centre = torch.randint(0, 2**31 - 1, (2,), generator=g).tolist()
+    cy, cx = centre[0] % 32, centre[1] % 32
+    ours, our_targets = Mixer(B, mixup_p=0.0, mixup_alpha=1.0, cutmix_p=1.0, cutmix_alpha=1.0)(x, y, 0.0, gen(seed))
+    theirs, their_targets = FixedMixUp.cutmix(lam, cx, cy)(x.clone(), y)
+    torch.testing.assert_close(ours, theirs)
+    torch.testing.assert_close(our_targets, their_targets)
+    assert not torch.equal(ours, x)                      # a box really was pasted

@@ -158,3 +158,29 @@ def test_ema_and_swa_state_dicts_round_trip_through_weights_only_load():
         a.update(model)
         b.update(model)
         assert torch.equal(a.module[0].weight, b.module[0].weight)
+
+
+def test_lookahead_pulls_back_every_k_steps_with_its_cubic_ramp_then_finishes_on_the_slow_weights():
+    from cifarkit.train.averaging import Lookahead
+    states = snapshots(5, seed=3)
+    net = tiny_net()
+    net.load_state_dict(states[0])
+    look = Lookahead(net, every=2, total_steps=8)
+    slow = {k: v.clone() for k, v in states[0].items() if v.is_floating_point()}
+    assert look.decay_at(4) == pytest.approx(0.95 ** 2 * (4 / 8) ** 3)
+    for step, state in enumerate(states[1:], start=1):
+        net.load_state_dict(state)                      # what the optimizer made of the live weights
+        look.step(net, step)
+        live = {k: v for k, v in net.state_dict().items() if v.is_floating_point()}
+        if step % 2:
+            assert all(torch.equal(live[k], state[k]) for k in slow)          # left alone between syncs
+        else:
+            d = look.decay_at(step)
+            slow = {k: d * slow[k] + (1 - d) * state[k] for k in slow}      # BN statistics included
+            assert all(torch.allclose(live[k], slow[k], atol=1e-6) for k in slow)
+    again = Lookahead(tiny_net(), every=2, total_steps=8)
+    again.load_state_dict(roundtrip(look.state_dict()))
+    assert all(torch.equal(a, b) for a, b in zip(again.slow, look.slow))
+    net.load_state_dict(snapshots(1, seed=9)[0])
+    look.finish(net)
+    assert all(torch.allclose(net.state_dict()[k], slow[k], atol=1e-6) for k in slow)
