@@ -10,7 +10,7 @@ from torch import nn
 from cifarkit.errors import ConfigError, DataError
 from cifarkit.evaluate.tta import TTA_MODES, predict_logits, predict_probs, tta_views
 
-VIEW_COUNTS = {"none": 1, "flip": 2, "flip_translate": 6, "view8": 8}
+VIEW_COUNTS = {"none": 1, "flip": 2, "flip_translate": 6, "view8": 8, "views000": 6, "views004": 8}
 
 
 def small_net(num_classes: int = 10) -> nn.Module:
