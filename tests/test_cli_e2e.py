@@ -21,7 +21,7 @@ TINY = ["--recipe", "seed000", "--set", "data.verify=false", "--set", "data.val_
 @pytest.fixture(scope="module")
 def trained_run(fake_cifar, tmp_path_factory):
     """A tiny SE-ResNet trained 2 epochs with the full seed000 machinery (AutoAugment, erasing,
-    MixUp/CutMix, focal loss, EMA, SWA, ensemble, 6-view TTA)."""
+    MixUp/CutMix, focal loss, EMA, SWA, ensemble, reference 000's 6-view TTA)."""
     run = tmp_path_factory.mktemp("runs") / "tiny"
     rc = main(["train", *TINY, "--epochs", "2", "--data-dir", str(fake_cifar), "--out", str(run),
                "--set", "train.swa_start=0.5"])
@@ -46,7 +46,7 @@ def test_evaluate_reports_every_model_and_writes_plots(trained_run):
     assert set(summary["models"]) == {"final", "best", "ema", "swa", "ensemble"}
     assert summary["models"]["ensemble"]["members"] == ["best", "ema", "swa"]
     assert summary["selected"] in summary["models"] and summary["selected_by"] == "validation accuracy"
-    assert summary["tta"] == "flip_translate"
+    assert summary["tta"] == "views000"             # seed000's test-time views
     for entry in summary["models"].values():
         test = entry["test"]
         assert 0 <= test["accuracy"] <= 1 and len(test["confusion_matrix"]) == 10

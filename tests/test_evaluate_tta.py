@@ -11,7 +11,7 @@ from cifarkit.errors import ConfigError, DataError
 from cifarkit.evaluate.inference import infer
 from cifarkit.evaluate.tta import TTA_MODES, tta_views
 
-VIEW_COUNTS = {"none": 1, "flip": 2, "flip_translate": 6, "view8": 8}
+VIEW_COUNTS = {"none": 1, "flip": 2, "flip_translate": 6, "view8": 8, "views000": 6, "views004": 8}
 
 
 def small_net(num_classes: int = 10) -> nn.Module:

@@ -1,7 +1,8 @@
 """The typed recipe: dataclasses, YAML load/dump and `--set key=value` overrides.
 
 A recipe is data. Loading validates every key (unknown keys name the nearest valid one), every
-type and every range, so a bad recipe fails before any work starts.
+type and every range, so a bad recipe fails before any work starts. The file is longer than our
+usual modules on purpose: every recipe knob, its unit and its range check sit in one place.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ from cifarkit.schema import check, coerce, nearest, parse_dataclass, to_dict
 
 Precision = Literal["fp32", "bf16", "fp16"]
 
+# The per-image augmentation slots, in their default order (`augment.order` may permute them).
+# "policy" is AutoAugment, RandAugment or TrivialAugment, whichever `augment.policy` names.
+AUGMENT_OPS = ("crop", "flip", "policy", "color_jitter", "rotation", "perspective", "erasing", "cutout", "resize")
+
 
 @dataclass
 class DataConfig:
@@ -38,9 +43,9 @@ class DataConfig:
 
 @dataclass
 class AugmentConfig:
-    """Applied per image, in this order: crop, flip, policy, color jitter, rotation, perspective,
-    erasing, cutout, then the progressive resize. Mixing (MixUp/CutMix) acts on whole batches
-    after normalization."""
+    """Applied per image, in the order `order` gives (by default crop, flip, policy, color jitter,
+    rotation, perspective, erasing, cutout, then the progressive resize). Mixing (MixUp/CutMix)
+    acts on whole batches after normalization."""
 
     crop_padding: int = 4                 # random crop after padding by this many pixels; 0 = off
     crop_mode: Literal["zeros", "reflect"] = "zeros"
@@ -52,7 +57,12 @@ class AugmentConfig:
     rotation: float = 0.0                 # degrees, uniform in [-r, r]
     perspective: float = 0.0              # distortion scale; 0 = off
     perspective_p: float = 0.5
-    erasing_p: float = 0.0                # RandomErasing, fill = dataset mean (0 after normalization)
+    erasing_p: float = 0.0                # RandomErasing with probability erasing_p per image
+    # what erased boxes are painted with, as torchvision's RandomErasing `value` where a reference put it:
+    #   mean    the dataset mean colour: value=0 after Normalize (reference 000)
+    #   0       black: value=0 before Normalize (reference 002)
+    #   random  per-pixel standard normal noise in normalized units: value="random" after Normalize
+    erasing_fill: Literal[0, "mean", "random"] = "mean"
     erasing_scale: list[float] = field(default_factory=lambda: [0.02, 0.33])
     erasing_ratio: list[float] = field(default_factory=lambda: [0.3, 3.3])
     cutout: int = 0                       # square side in pixels; 0 = off
@@ -63,8 +73,11 @@ class AugmentConfig:
     mixup_alpha: float = 1.0              #   else CutMix with probability cutmix_p, else nothing
     cutmix_p: float = 0.0
     cutmix_alpha: float = 1.0
-    mix_decay: Literal["none", "linear"] = "none"   # linear: alphas fall to 0 at mix_until
+    # linear: alphas fall linearly to 0 at mix_until; linear_to_end: alphas fall linearly to 0 at the
+    # end of training, alpha x (1 - progress), and are cut off at mix_until (reference 000)
+    mix_decay: Literal["none", "linear", "linear_to_end"] = "none"
     mix_until: float = 1.0                # fraction of training after which mixing is off
+    order: list[str] = field(default_factory=lambda: list(AUGMENT_OPS))   # a permutation of AUGMENT_OPS
 
     def validate(self) -> None:
         check(0 <= self.crop_padding <= 16, "'augment.crop_padding' must be in [0, 16]")
@@ -84,6 +97,9 @@ class AugmentConfig:
             check(0 <= getattr(self, name) <= 1, f"'augment.{name}' must be in [0, 1]")
         check(self.mixup_p + self.cutmix_p <= 1, "'augment.mixup_p' + 'augment.cutmix_p' must be <= 1")
         check(self.mixup_alpha > 0 and self.cutmix_alpha > 0, "mixing alphas must be positive")
+        check(not isinstance(self.erasing_fill, bool), "'augment.erasing_fill' must be 0, mean or random")
+        check(sorted(self.order) == sorted(AUGMENT_OPS),
+              f"'augment.order' must list each of {', '.join(AUGMENT_OPS)} exactly once, got {list(self.order)}")
         until = 0
         for entry in self.resize_schedule:
             check(len(entry) == 2, "'augment.resize_schedule' entries are [size, until_epoch]")
@@ -118,17 +134,30 @@ class TrainConfig:
     warmup_epochs: float = 0.0            # linear warmup from warmup_start_lr (capped at epochs)
     warmup_start_lr: float = 0.0
     min_lr: float = 0.0                   # floor of cosine / linear decay
+    # cosine / linear decay from lr at decay_start_epoch to min_lr at decay_end_epoch (lr before,
+    # min_lr after); null = from the end of the warmup / to the end of training
+    decay_start_epoch: float | None = None
+    decay_end_epoch: float | None = None
+    # step: the rate changes every optimizer step; epoch: it is held for a whole epoch at the value
+    # of the epoch's first step (a torch scheduler stepped once per epoch)
+    lr_update: Literal["step", "epoch"] = "step"
     onecycle_pct_start: float = 0.1
     step_epochs: int = 30                 # step schedule: multiply by step_gamma every step_epochs
     step_gamma: float = 0.1
     loss: Literal["ce", "focal"] = "ce"
     label_smoothing: float = 0.0
+    # uniform: t' = (1 - eps) t + eps / C, torch's label_smoothing; other_classes: the true class gets
+    # 1 - eps and every other class eps / (C - 1) (references 000 and 002)
+    label_smoothing_form: Literal["uniform", "other_classes"] = "uniform"
     focal_gamma: float = 1.0
     precision: Precision = "bf16"
     channels_last: bool = True
     compile: bool = False
     grad_clip: float = 0.0                # max global grad norm; 0 = off
-    ema_decay: float = 0.0                # per-step EMA of weights and BN buffers; 0 = off
+    ema_decay: float = 0.0                # per-step EMA of the weights; 0 = off
+    # average: BN running statistics are averaged like the weights; copy: only parameters are
+    # averaged, buffers are copied from the live model at every update (references 000 and 004)
+    ema_buffers: Literal["average", "copy"] = "average"
     lookahead_every: int = 0              # speed-run lookahead average every N steps; 0 = off
     swa_start: float = 0.0                # fraction of training after which SWA averages each epoch; 0 = off
     swa_lr: float | None = None           # constant lr during SWA; null = keep the schedule
@@ -146,9 +175,16 @@ class TrainConfig:
         check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "'train.betas' must be two values in [0, 1)")
         check(self.warmup_epochs >= 0, "'train.warmup_epochs' must be >= 0")
         check(self.warmup_start_lr >= 0 and self.min_lr >= 0, "learning-rate floors must be >= 0")
+        if self.decay_start_epoch is not None or self.decay_end_epoch is not None:
+            start = self.warmup_epochs if self.decay_start_epoch is None else self.decay_start_epoch
+            end = self.epochs if self.decay_end_epoch is None else self.decay_end_epoch
+            check(0 <= start < end, f"the learning-rate decay must start at an epoch >= 0 and before it ends "
+                                    f"(from epoch {start:g} to epoch {end:g})")
         check(0 < self.onecycle_pct_start < 1, "'train.onecycle_pct_start' must be in (0, 1)")
         check(self.step_epochs >= 1 and 0 < self.step_gamma <= 1, "'train.step_*' out of range")
         check(0 <= self.label_smoothing < 1, "'train.label_smoothing' must be in [0, 1)")
+        check(self.label_smoothing_form == "uniform" or self.label_smoothing <= 0.5,
+              "'train.label_smoothing' must be <= 0.5 with 'train.label_smoothing_form: other_classes'")
         check(self.focal_gamma >= 0, "'train.focal_gamma' must be >= 0")
         check(self.grad_clip >= 0, "'train.grad_clip' must be >= 0")
         check(self.bias_lr_scale > 0, "'train.bias_lr_scale' must be positive")
@@ -166,7 +202,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    tta: Literal["none", "flip", "flip_translate", "view8"] = "flip"
+    tta: Literal["none", "flip", "flip_translate", "view8", "views000", "views004"] = "flip"
     tta_fraction: float = 1.0             # selective TTA: share of images (least confident under the
                                           # two unshifted views) that get every view; 1 = all
     batch_size: int = 1000
@@ -175,6 +211,10 @@ class EvalConfig:
     def validate(self) -> None:
         check(self.batch_size >= 1, "'eval.batch_size' must be >= 1")
         check(0 < self.tta_fraction <= 1, "'eval.tta_fraction' must be in (0, 1]")
+        # Selective TTA scores every image first with identity and flip at equal weights.
+        check(self.tta_fraction == 1 or self.tta != "views004",
+              "'eval.tta_fraction' < 1 needs a TTA mode whose identity and flip views weigh the same; "
+              "views004 weighs the identity twice")
         for member in self.ensemble:
             check(member in ("final", "best", "ema", "swa"),
                   f"'eval.ensemble' members must be final, best, ema or swa, got '{member}'")

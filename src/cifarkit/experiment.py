@@ -166,7 +166,8 @@ class Experiment:
         loader = self.eval_loader(split)
         if loader is None:
             raise ValueError(f"the '{split}' split is empty")
-        return infer(model, loader, mode=tta or self.recipe.eval.tta, device=self.device,
+        data = self._require_data()
+        return infer(model, loader, mode=tta or self.recipe.eval.tta, device=self.device, stats=(data.mean, data.std),
                      precision=inference_precision(self.recipe.train.precision, self.device),
                      batch_size=self.recipe.eval.batch_size,
                      fraction=self.recipe.eval.tta_fraction if fraction is None else fraction, output=output)

@@ -21,6 +21,9 @@ ERASING_ATTEMPTS = 10
 
 
 def _fill_tensor(fill: Tensor | float | Sequence[float], x: Tensor) -> Tensor:
+    """A fill broadcastable to x: 1 value, one per channel, or a whole batch of x's shape (noise)."""
+    if isinstance(fill, Tensor) and fill.shape == x.shape:
+        return fill.to(dtype=x.dtype, device=x.device)
     value = torch.as_tensor(fill, dtype=x.dtype, device=x.device).reshape(-1)
     if value.numel() not in (1, x.shape[1]):
         raise ValueError(f"fill needs 1 or {x.shape[1]} values, got {value.numel()}")
@@ -39,7 +42,8 @@ def box_mask(top: Tensor, left: Tensor, height: Tensor, width: Tensor, size: tup
 
 def erase(x: Tensor, top: Tensor, left: Tensor, height: Tensor, width: Tensor,
           fill: Tensor | float | Sequence[float]) -> Tensor:
-    """Paint box b of each image with `fill` (per-channel); height 0 leaves an image unchanged."""
+    """Paint box b of each image with `fill` (one value, per channel, or per pixel as a tensor of
+    x's shape); height 0 leaves an image unchanged."""
     check_batch(x, "erase")
     mask = box_mask(top, left, height, width, (x.shape[-2], x.shape[-1]))
     return torch.where(mask, _fill_tensor(fill, x), x)

@@ -1,8 +1,9 @@
 """Turn an AugmentConfig into the batch augmentation callable and the batch mixer.
 
-The per-image ops run on [0, 1] batches before normalization, in the fixed order crop, flip,
-policy, color jitter, rotation, perspective, erasing, cutout, progressive resize. Mixing runs after
-normalization and lives in its own object (`build_mixer`).
+The per-image ops run on [0, 1] batches before normalization, in the order `augment.order` gives
+(by default crop, flip, policy, color jitter, rotation, perspective, erasing, cutout, progressive
+resize; reference 003 ran its color jitter before AutoAugment, 004 its rotation before the jitter).
+Mixing runs after normalization and lives in its own object (`build_mixer`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from torch import Tensor
 
 from cifarkit.augment import color, erasing, geometric, mixing, policies
 from cifarkit.augment.schedule import resize_size_at
-from cifarkit.config import AugmentConfig
+from cifarkit.config import AUGMENT_OPS, AugmentConfig
+from cifarkit.errors import ConfigError
 
 Op = Callable[[Tensor, torch.Generator, int, "Tensor | None"], Tensor]
 
@@ -71,18 +73,43 @@ def _alternating(seed: int) -> Op:
     return run
 
 
-def build_augment(cfg: AugmentConfig, mean: tuple[float, float, float], seed: int = 0) -> AugmentPipeline | None:
+def erasing_fill(cfg: AugmentConfig, mean: tuple[float, float, float],
+                 std: tuple[float, float, float] | None) -> Callable[[Tensor, torch.Generator], Tensor]:
+    """fill(x01, generator): what erased boxes are painted with, in the [0, 1] space erasing runs in.
+
+    "mean" is the dataset mean colour (torchvision's value=0 after Normalize), 0 is black (value=0
+    before Normalize), "random" is standard normal noise in normalized units (value="random" after
+    Normalize), i.e. mean + std * N(0, 1) per pixel here; it needs `std`.
+    """
+    if cfg.erasing_fill == "random":
+        if std is None:
+            raise ConfigError("'augment.erasing_fill: random' needs the normalization std")
+        m = torch.tensor([float(v) for v in mean]).view(1, -1, 1, 1)
+        s = torch.tensor([float(v) for v in std]).view(1, -1, 1, 1)
+
+        def noise(x: Tensor, g: torch.Generator) -> Tensor:
+            z = torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
+            return m.to(x.device, x.dtype) + s.to(x.device, x.dtype) * z
+        return noise
+    colour = torch.zeros(len(mean)) if cfg.erasing_fill == 0 else torch.tensor([float(v) for v in mean])
+    return lambda x, g: colour.to(x.device)
+
+
+def build_augment(cfg: AugmentConfig, mean: tuple[float, float, float], seed: int = 0,
+                  std: tuple[float, float, float] | None = None) -> AugmentPipeline | None:
     """The per-image augmentation of `cfg`, or None when it asks for none.
 
-    Erasing and cutout paint `mean` (the dataset mean, 0 after normalization); `seed` fixes the
-    per-index bits of the alternating flip.
+    Cutout paints `mean` (the dataset mean, 0 after normalization); erasing paints what
+    `augment.erasing_fill` says (`std` is needed for its "random"); `seed` fixes the per-index
+    bits of the alternating flip.
     """
     cfg.validate()
     fill = torch.tensor([float(m) for m in mean])
-    steps: list[_Step] = []
+    erase_fill = erasing_fill(cfg, mean, std)
+    slots: dict[str, _Step] = {}
 
-    def add(name: str, run: Op) -> None:
-        steps.append(_Step(name, run))
+    def add(slot: str, run: Op, name: str | None = None) -> None:
+        slots[slot] = _Step(name or slot, run)
 
     if cfg.crop_padding > 0:
         add("crop", lambda x, g, e, i: geometric.random_crop(x, cfg.crop_padding, g, cfg.crop_mode))
@@ -91,12 +118,12 @@ def build_augment(cfg: AugmentConfig, mean: tuple[float, float, float], seed: in
     elif cfg.flip == "alternate":
         add("flip", _alternating(seed))
     if cfg.policy == "autoaugment":
-        add("autoaugment", lambda x, g, e, i: policies.autoaugment_cifar10(x, g))
+        add("policy", lambda x, g, e, i: policies.autoaugment_cifar10(x, g), "autoaugment")
     elif cfg.policy == "randaugment":
-        add("randaugment", lambda x, g, e, i: policies.randaugment(
-            x, cfg.randaugment_ops, cfg.randaugment_magnitude, g))
+        add("policy", lambda x, g, e, i: policies.randaugment(
+            x, cfg.randaugment_ops, cfg.randaugment_magnitude, g), "randaugment")
     elif cfg.policy == "trivialaugment":
-        add("trivialaugment", lambda x, g, e, i: policies.trivialaugment(x, g))
+        add("policy", lambda x, g, e, i: policies.trivialaugment(x, g), "trivialaugment")
     if any(v > 0 for v in cfg.color_jitter):
         b, c, s, h = cfg.color_jitter
         add("color_jitter", lambda x, g, e, i: color.color_jitter(x, b, c, s, h, g))
@@ -106,11 +133,12 @@ def build_augment(cfg: AugmentConfig, mean: tuple[float, float, float], seed: in
         add("perspective", lambda x, g, e, i: geometric.random_perspective(x, cfg.perspective, cfg.perspective_p, g))
     if cfg.erasing_p > 0:
         add("erasing", lambda x, g, e, i: erasing.random_erasing(
-            x, cfg.erasing_p, cfg.erasing_scale, cfg.erasing_ratio, fill.to(x.device), g))
+            x, cfg.erasing_p, cfg.erasing_scale, cfg.erasing_ratio, erase_fill(x, g), g))
     if cfg.cutout > 0:
         add("cutout", lambda x, g, e, i: erasing.cutout(x, cfg.cutout, fill.to(x.device), g))
     if cfg.resize_schedule:
         add("resize", _progressive_resize(cfg.resize_schedule))
+    steps = [slots[slot] for slot in cfg.order if slot in slots]
     if not steps:
         return None
     return AugmentPipeline(steps, describe_augment(cfg))
@@ -128,38 +156,44 @@ def _range(values: list[float]) -> str:
     return f"{values[0]:g}-{values[1]:g}"
 
 
+_FILL_NAMES = {0: "black", "mean": "mean", "random": "random normal"}
+
+
 def describe_augment(cfg: AugmentConfig) -> list[str]:
-    """Human-readable list of the active ops (per-image ops first, then batch mixing), for logs."""
-    lines = []
+    """Human-readable list of the active ops (per-image ops in their order, then batch mixing), for logs."""
+    slots: dict[str, list[str]] = {slot: [] for slot in AUGMENT_OPS}
     if cfg.crop_padding > 0:
-        lines.append(f"random crop (padding {cfg.crop_padding}, {cfg.crop_mode})")
+        slots["crop"].append(f"random crop (padding {cfg.crop_padding}, {cfg.crop_mode})")
     if cfg.flip == "random":
-        lines.append("horizontal flip (random, p 0.5)")
+        slots["flip"].append("horizontal flip (random, p 0.5)")
     elif cfg.flip == "alternate":
-        lines.append("horizontal flip (alternating between epochs)")
+        slots["flip"].append("horizontal flip (alternating between epochs)")
     if cfg.policy == "autoaugment":
-        lines.append("AutoAugment (CIFAR10 policy)")
+        slots["policy"].append("AutoAugment (CIFAR10 policy)")
     elif cfg.policy == "randaugment":
-        lines.append(f"RandAugment ({cfg.randaugment_ops} ops, magnitude {cfg.randaugment_magnitude}/30)")
+        slots["policy"].append(f"RandAugment ({cfg.randaugment_ops} ops, magnitude {cfg.randaugment_magnitude}/30)")
     elif cfg.policy == "trivialaugment":
-        lines.append("TrivialAugmentWide")
+        slots["policy"].append("TrivialAugmentWide")
     if any(v > 0 for v in cfg.color_jitter):
         b, c, s, h = cfg.color_jitter
-        lines.append(f"color jitter (brightness {b:g}, contrast {c:g}, saturation {s:g}, hue {h:g})")
+        slots["color_jitter"].append(f"color jitter (brightness {b:g}, contrast {c:g}, saturation {s:g}, hue {h:g})")
     if cfg.rotation > 0:
-        lines.append(f"rotation (+-{cfg.rotation:g} degrees)")
+        slots["rotation"].append(f"rotation (+-{cfg.rotation:g} degrees)")
     if cfg.perspective > 0 and cfg.perspective_p > 0:
-        lines.append(f"perspective (distortion {cfg.perspective:g}, p {cfg.perspective_p:g})")
+        slots["perspective"].append(f"perspective (distortion {cfg.perspective:g}, p {cfg.perspective_p:g})")
     if cfg.erasing_p > 0:
-        lines.append(f"random erasing (p {cfg.erasing_p:g}, scale {_range(cfg.erasing_scale)}, "
-                     f"ratio {_range(cfg.erasing_ratio)}, fill mean)")
+        slots["erasing"].append(f"random erasing (p {cfg.erasing_p:g}, scale {_range(cfg.erasing_scale)}, "
+                                f"ratio {_range(cfg.erasing_ratio)}, fill {_FILL_NAMES[cfg.erasing_fill]})")
     if cfg.cutout > 0:
-        lines.append(f"cutout ({cfg.cutout}x{cfg.cutout}, fill mean)")
+        slots["cutout"].append(f"cutout ({cfg.cutout}x{cfg.cutout}, fill mean)")
     for size, until in cfg.resize_schedule:
-        lines.append(f"downscale to {size}x{size} (antialiased) before epoch {until}")
+        slots["resize"].append(f"downscale to {size}x{size} (antialiased) before epoch {until}")
+    lines = [line for slot in cfg.order if slot in slots for line in slots[slot]]
     schedule = ""
     if cfg.mix_decay == "linear":
         schedule = f", alpha decays linearly to 0 at {cfg.mix_until:.0%} of training"
+    elif cfg.mix_decay == "linear_to_end":
+        schedule = f", alpha x (1 - fraction of training done), off from {cfg.mix_until:.1%} of training"
     elif cfg.mix_until < 1:
         schedule = f", until {cfg.mix_until:.0%} of training"
     if cfg.mixup_p > 0:
@@ -169,4 +203,4 @@ def describe_augment(cfg: AugmentConfig) -> list[str]:
     return lines
 
 
-__all__ = ["AugmentPipeline", "build_augment", "build_mixer", "describe_augment"]
+__all__ = ["AugmentPipeline", "build_augment", "build_mixer", "describe_augment", "erasing_fill"]

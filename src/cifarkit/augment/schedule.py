@@ -1,7 +1,9 @@
 """Augmentation that changes over training.
 
-Mixing: `progress` is the fraction of training done, in [0, 1]. Mixing runs at full strength, or
-fades linearly to zero, until `until`; from then on it is off ("adaptive augmentation scheduling").
+Mixing: `progress` is the fraction of training done, in [0, 1]. Mixing runs at full strength
+("none"), fades linearly to zero at `until` ("linear"), or fades linearly towards zero at the end of
+training ("linear_to_end", alpha x (1 - progress), reference 000's formula); from `until` on it is
+off ("adaptive augmentation scheduling").
 
 Progressive resizing: early epochs train on downscaled images, which costs roughly (size/32)^2 of
 the convolution work; the last epochs return to the native size the model is evaluated at.
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 from cifarkit.errors import ConfigError
 
-MIX_DECAYS = ("none", "linear")
+MIX_DECAYS = ("none", "linear", "linear_to_end")
 
 
 def mix_strength(progress: float, decay: str = "none", until: float = 1.0) -> float:
@@ -24,6 +26,8 @@ def mix_strength(progress: float, decay: str = "none", until: float = 1.0) -> fl
         return 0.0
     if decay == "none":
         return 1.0
+    if decay == "linear_to_end":
+        return min(1.0, max(0.0, 1.0 - progress))
     return min(1.0, max(0.0, 1.0 - progress / until))
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Callable
 
 import torch
@@ -25,9 +25,10 @@ from torch import Tensor, nn
 
 from cifarkit.device import autocast
 from cifarkit.errors import ConfigError, DataError
-from cifarkit.evaluate.tta import check_mode, tta_views
+from cifarkit.evaluate.tta import check_mode, mode_temperature, tta_views
 
 OUTPUTS = ("probs", "logits")
+Stats = tuple[Sequence[float], Sequence[float]]     # (mean, std) per channel
 
 
 @contextlib.contextmanager
@@ -59,16 +60,21 @@ def image_batches(data: Tensor | Iterable, batch_size: int) -> Iterator[Tensor]:
 
 
 def score_batch(model: nn.Module, x: Tensor, *, mode: str = "none", precision: str = "fp32",
-                fraction: float = 1.0, output: str = "probs") -> Tensor:
+                fraction: float = 1.0, output: str = "probs", stats: Stats | None = None) -> Tensor:
     """Weighted view-average scores (B, C), float32 on x's device, for one batch already on the
-    model's device. The caller holds the model in eval mode and gradients off."""
+    model's device. The caller holds the model in eval mode and gradients off. `stats` is the
+    (mean, std) the batch was normalized with, for views that change colours (default CIFAR-10's).
+    Probabilities are softmax(logits / T) with the mode's temperature T (1 but for "views004")."""
     check_mode(mode)
     if output not in OUTPUTS:
         raise ConfigError(f"unknown inference output '{output}'; choose {', '.join(OUTPUTS)}")
     if not 0.0 < fraction <= 1.0:
         raise ConfigError(f"the selective TTA fraction must be in (0, 1], got {fraction}")
-    to_score = (lambda z: z.softmax(dim=-1)) if output == "probs" else (lambda z: z)
+    to_score = _scorer(output, mode_temperature(mode))
     context = autocast(x.device, precision)
+
+    def views_of(batch: Tensor, view_mode: str) -> list[tuple[Tensor, float]]:
+        return tta_views(batch, view_mode, stats)
 
     def weighted_sum(views: list[tuple[Tensor, float]]) -> Tensor:
         total = None
@@ -80,22 +86,34 @@ def score_batch(model: nn.Module, x: Tensor, *, mode: str = "none", precision: s
         return total
 
     if fraction >= 1.0 or mode in ("none", "flip"):       # nothing beyond the unshifted views
-        return weighted_sum(tta_views(x, mode))
-    return _selective(x, mode, fraction, weighted_sum)
+        return weighted_sum(views_of(x, mode))
+    if mode == "views004":
+        raise ConfigError("selective TTA needs a mode whose identity and flip views weigh the same; "
+                          "views004 weighs the identity twice")
+    return _selective(x, mode, fraction, weighted_sum, views_of)
+
+
+def _scorer(output: str, temperature: float) -> Callable[[Tensor], Tensor]:
+    if output == "logits":
+        return lambda logits: logits
+    if temperature == 1.0:
+        return lambda logits: logits.softmax(dim=-1)
+    return lambda logits: (logits / temperature).softmax(dim=-1)
 
 
 def _selective(x: Tensor, mode: str, fraction: float,
-               weighted_sum: Callable[[list[tuple[Tensor, float]]], Tensor]) -> Tensor:
+               weighted_sum: Callable[[list[tuple[Tensor, float]]], Tensor],
+               views_of: Callable[[Tensor, str], list[tuple[Tensor, float]]]) -> Tensor:
     """Two-view scores for every image; the full set of views for the least confident `fraction`.
 
     Every mode's first two views are the image and its mirror at equal weights, so the two-view
     average is the "flip" mode; the other views are built for the picked images only.
     """
-    total = weighted_sum(tta_views(x, "flip"))
+    total = weighted_sum(views_of(x, "flip"))
     top2 = total.topk(2, dim=-1).values if total.shape[-1] > 1 else torch.cat([total, total], dim=-1)
     margin = top2[:, 0] - top2[:, 1]
     pick = margin.topk(math.ceil(fraction * len(x)), largest=False).indices
-    views = tta_views(x[pick], mode)
+    views = views_of(x[pick], mode)
     unshifted_weight = sum(w for _, w in views[:2])
     total[pick] = total[pick] * unshifted_weight + weighted_sum(views[2:])
     return total
@@ -103,7 +121,8 @@ def _selective(x: Tensor, mode: str, fraction: float,
 
 @torch.no_grad()
 def infer(model: nn.Module, data: Tensor | Iterable, *, mode: str = "none", device: str | torch.device = "cpu",
-          precision: str = "fp32", batch_size: int = 1000, fraction: float = 1.0, output: str = "probs") -> Tensor:
+          precision: str = "fp32", batch_size: int = 1000, fraction: float = 1.0, output: str = "probs",
+          stats: Stats | None = None) -> Tensor:
     """Scores (N, C), float32 on the CPU, for normalized images: a tensor (split into `batch_size`
     chunks) or any iterable of image batches or (images, labels) batches. The model must already
     be on `device`; batches are moved there. The model runs in eval mode with gradients off and
@@ -115,7 +134,7 @@ def infer(model: nn.Module, data: Tensor | Iterable, *, mode: str = "none", devi
         for x in image_batches(data, batch_size):
             x = x.to(device, non_blocking=True)
             scores.append(score_batch(model, x, mode=mode, precision=precision, fraction=fraction,
-                                      output=output).cpu())
+                                      output=output, stats=stats).cpu())
     if not scores or sum(len(s) for s in scores) == 0:
         raise DataError("there are no images to predict")
     return torch.cat(scores)

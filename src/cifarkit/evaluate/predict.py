@@ -19,16 +19,15 @@ def predict_array(members: list[TrainedModel], images: np.ndarray, *, tta: str |
                   self_normalize: bool = False) -> np.ndarray:
     """Class probabilities (N, C) for uint8 images (N, 3, 32, 32), averaged over the members (an
     ensemble), each with its own test-time augmentation unless `tta` says otherwise."""
-    if self_normalize:
-        mean, std = channel_stats(images)   # 002's answer to a shifted test distribution
+    own_stats = channel_stats(images) if self_normalize else None   # 002's answer to a shifted test set
     probs = []
     for m in members:
-        batches = normalized_batches(images, mean=mean if self_normalize else m.mean,
-                                     std=std if self_normalize else m.std, batch_size=m.recipe.eval.batch_size,
+        mean, std = own_stats or (m.mean, m.std)
+        batches = normalized_batches(images, mean=mean, std=std, batch_size=m.recipe.eval.batch_size,
                                      device=device, channels_last=m.recipe.train.channels_last)
         probs.append(infer(m.model, batches, mode=tta or m.recipe.eval.tta, device=device,
                            precision=inference_precision(m.recipe.train.precision, device),
-                           fraction=m.recipe.eval.tta_fraction).numpy())
+                           fraction=m.recipe.eval.tta_fraction, stats=(mean, std)).numpy())
     return np.mean(probs, axis=0)
 
 

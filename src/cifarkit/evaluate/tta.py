@@ -1,7 +1,8 @@
 """Test-time augmentation: predict each image from several light views and average.
 
 A view is a transformed copy of a normalized batch (B, 3, H, W) with a weight; the weights of a
-mode sum to 1. Views come in the order listed below, each followed by its mirror image. Modes:
+mode sum to 1; the views are a deterministic function of the batch. In the first four modes the
+views come in the order listed below, each followed by its mirror image. Modes:
 
 - ``"none"``: the batch itself, weight 1.
 - ``"flip"``: identity and horizontal flip, 1/2 each.
@@ -13,21 +14,41 @@ mode sum to 1. Views come in the order listed below, each followed by its mirror
   then 1/10 each for {identity, flip} x {2-px diagonal shift down-right, 2-px diagonal shift
   up-left} (reflect padding of 2 px, as above) and {identity, flip} x {centre crop of
   (H-4) x (W-4) resized back to H x W with bilinear interpolation, a ~14 % zoom on CIFAR}.
-  The reference system that used 8-view weighted TTA did not publish its views or weights; these
-  are our choice.
+  These are our choice (a light, deterministic 8-view set); ``"views004"`` is reference 004's.
+- ``"views000"``: reference 000's six views, 1/6 each (000 averaged the softmax of every model x
+  view equally): identity, flip, two intensity scalings, a centre crop resized back, a brightness
+  shift (exact values in :mod:`cifarkit.evaluate.reference_views`).
+- ``"views004"``: reference 004's eight views, identity 2/9 and the others 1/9 each, with
+  softmax(logits / 0.9) (:func:`mode_temperature`): identity, flip, a reflect-padded and an
+  edge-padded crop, two rotations, two colour jitters (exact values in
+  :mod:`cifarkit.evaluate.reference_views`).
 
-The prediction loop that applies these views (and selective TTA) is `evaluate.inference.infer`.
+The prediction loop that applies these views (and selective TTA, which `"views004"` does not
+allow: its identity view outweighs its flip) is `evaluate.inference.infer`.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from cifarkit.data.stats import CIFAR10_MEAN, CIFAR10_STD
 from cifarkit.errors import ConfigError, DataError
+from cifarkit.evaluate import reference_views
 
-TTA_MODES = ("none", "flip", "flip_translate", "view8")
+TTA_MODES = ("none", "flip", "flip_translate", "view8", "views000", "views004")
+
+# A mode's softmax divides the logits by this (reference 004: softmax(logits / 0.9)); 1 elsewhere.
+_TEMPERATURES = {"views004": 0.9}
+
+
+def mode_temperature(mode: str) -> float:
+    """T of a mode: its views' probabilities are softmax(logits / T)."""
+    check_mode(mode)
+    return _TEMPERATURES.get(mode, 1.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -68,11 +89,13 @@ def _with_flips(views: list[tuple[Tensor, float]]) -> list[tuple[Tensor, float]]
     return out
 
 
-def tta_views(x: Tensor, mode: str) -> list[tuple[Tensor, float]]:
-    """The views of batch `x` (B, C, H, W) for a TTA mode, as (view batch, weight) pairs.
+def tta_views(x: Tensor, mode: str,
+              stats: tuple[Sequence[float], Sequence[float]] | None = None) -> list[tuple[Tensor, float]]:
+    """The views of normalized batch `x` (B, C, H, W) for a TTA mode, as (view batch, weight) pairs.
 
-    Every view has the shape and memory format of `x`; the weights sum to 1. See the module
-    docstring for the exact views of each mode.
+    Every view has the shape and memory format of `x`; the weights sum to 1; the views are a
+    deterministic function of `x`. `stats` is the (mean, std) `x` was normalized with (default
+    CIFAR-10's); only "views004" uses it. See the module docstring for the exact views of each mode.
     """
     check_mode(mode)
     if x.dim() != 4:
@@ -84,7 +107,7 @@ def tta_views(x: Tensor, mode: str) -> list[tuple[Tensor, float]]:
     elif mode == "flip_translate":
         _check_size(x, minimum=2, mode=mode)  # reflect padding needs a neighbour to mirror
         views = _with_flips([(x, 0.5), (translate_diagonal(x, 1), 0.25), (translate_diagonal(x, -1), 0.25)])
-    else:  # view8
+    elif mode == "view8":
         _check_size(x, minimum=5, mode=mode)  # 2-px reflect padding and a 2-px crop margin
         views = _with_flips([
             (x, 0.4),
@@ -92,6 +115,12 @@ def tta_views(x: Tensor, mode: str) -> list[tuple[Tensor, float]]:
             (translate_diagonal(x, -2), 0.2),
             (center_zoom(x, 2), 0.2),
         ])
+    elif mode == "views000":
+        _check_size(x, minimum=2, mode=mode)  # a centre crop of at least one pixel
+        views = reference_views.views000(x)
+    else:  # views004
+        _check_size(x, minimum=reference_views.PAD_004 + 1, mode=mode)  # reflect padding needs more pixels
+        views = reference_views.views004(x, stats or (CIFAR10_MEAN, CIFAR10_STD))
     memory_format = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
     return [(v.contiguous(memory_format=memory_format), w) for v, w in views]
 

@@ -77,14 +77,16 @@ class ResNet(TrainableModel):
 
     def _init_weights(self, spec: ResNetSpec) -> None:
         if spec.init == "kaiming_fan_out":
+            # As the references' code: conv biases (SE only) keep torch's default uniform init.
             for m in self.modules():
                 if isinstance(m, nn.Conv2d):
                     nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                    if m.bias is not None:
-                        nn.init.zeros_(m.bias)
                 elif isinstance(m, nn.BatchNorm2d):
                     nn.init.ones_(m.weight)
                     nn.init.zeros_(m.bias)
+        if spec.head_init == "kaiming_normal":
+            nn.init.kaiming_normal_(self.head.weight)   # torch's defaults: fan_in, gain sqrt(2)
+            nn.init.zeros_(self.head.bias)
         if spec.zero_init_residual:
             # Each block then starts as (nearly) its shortcut, which helps early training.
             for m in self.modules():

@@ -40,7 +40,12 @@ class ResNetSpec:
     extra_conv: bool = False              # 1x1 conv C->C + BN + ReLU after the last stage (004)
     pool: Literal["adaptive", "avg4"] = "adaptive"
     dropout: float = 0.0
+    # kaiming_fan_out: every conv weight (attention convs included) Kaiming-normal, fan_out, ReLU gain;
+    # conv biases (only the SE convs have them) keep torch's default; BN weight 1, bias 0. torch: all
+    # of torch's defaults.
     init: Literal["torch", "kaiming_fan_out"] = "kaiming_fan_out"
+    # the linear head: torch's default, or kaiming_normal (fan_in, ReLU gain) with a zero bias (reference 000)
+    head_init: Literal["torch", "kaiming_normal"] = "torch"
     zero_init_residual: bool = False      # last BN of each block starts at 0
 
     def stage_strides(self) -> list[int]:

@@ -54,19 +54,26 @@ class _Averager:
 
 
 class EMA(_Averager):
-    """Exponential moving average of parameters AND buffers: ema = d * ema + (1 - d) * model for every
-    floating tensor (BN running mean/var included); integer buffers (num_batches_tracked) are copied.
+    """Exponential moving average of the weights: ema = d * ema + (1 - d) * model.
+
+    With `average_buffers` (the default) every floating tensor is averaged, BN running mean/var
+    included. Without it only the parameters are averaged and every buffer is copied from the live
+    model at each update, so the averaged copy normalizes with the live model's current statistics
+    (what references 000 and 004 did: their EMA kept shadow parameters only). Integer buffers
+    (num_batches_tracked) are always copied.
 
     With `warmup`, the effective decay is min(decay, (1 + n) / (10 + n)) for the n-th update (0-based),
     so early averages are not dominated by the random initialization. Off by default.
     """
 
-    def __init__(self, model: nn.Module, decay: float, warmup: bool = False):
+    def __init__(self, model: nn.Module, decay: float, warmup: bool = False, average_buffers: bool = True):
         if not 0.0 <= decay < 1.0:
             raise ConfigError(f"EMA decay must be in [0, 1), got {decay}")
         super().__init__(model)
         self.decay = float(decay)
         self.warmup = bool(warmup)
+        self.average_buffers = bool(average_buffers)
+        self._param_ids = {id(p) for p in self.module.parameters()}
         self.num_updates = 0
 
     def current_decay(self) -> float:
@@ -78,14 +85,21 @@ class EMA(_Averager):
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         avg_f, live_f, avg_i, live_i = self._pairs(model)
-        torch._foreach_lerp_(avg_f, live_f, 1.0 - self.current_decay())
+        if not self.average_buffers:
+            # Floating buffers join the copied ones; only parameters are averaged.
+            copied = [(a, b) for a, b in zip(avg_f, live_f) if id(a) not in self._param_ids]
+            kept = [(a, b) for a, b in zip(avg_f, live_f) if id(a) in self._param_ids]
+            avg_f, live_f = [a for a, _ in kept], [b for _, b in kept]
+            avg_i, live_i = avg_i + [a for a, _ in copied], live_i + [b for _, b in copied]
+        if avg_f:
+            torch._foreach_lerp_(avg_f, live_f, 1.0 - self.current_decay())
         if avg_i:
             torch._foreach_copy_(avg_i, live_i)
         self.num_updates += 1
 
     def state_dict(self) -> dict:
         return {"module": self.module.state_dict(), "num_updates": self.num_updates,
-                "decay": self.decay, "warmup": self.warmup}
+                "decay": self.decay, "warmup": self.warmup, "average_buffers": self.average_buffers}
 
     def load_state_dict(self, state: dict) -> None:
         self.module.load_state_dict(state["module"])

@@ -204,10 +204,13 @@ class LRSchedule:
     so resuming at step k needs no scheduler state.
 
     Stepped per batch; `total_steps = epochs * steps_per_epoch`; steps outside [0, total_steps - 1]
-    are clamped. Schedules:
+    are clamped. With `lr_update: epoch` every step of an epoch gets the rate of the epoch's first
+    step, as a torch scheduler stepped once per epoch gives. Schedules:
       cosine    linear warmup from warmup_start_lr to lr over warmup_epochs, then cosine from lr to
-                min_lr over the remaining steps (as torch's LinearLR then CosineAnnealingLR)
-      linear    the same warmup, then a straight line from lr to min_lr
+                min_lr over the remaining steps (as torch's LinearLR then CosineAnnealingLR); with
+                decay_start_epoch / decay_end_epoch the cosine runs between those epochs instead,
+                at lr before (once the warmup is over) and min_lr after
+      linear    the same warmup, then a straight line from lr to min_lr (same decay window)
       constant  the same warmup, then lr
       step      lr * step_gamma ** (epoch // step_epochs)
       onecycle  torch's OneCycleLR(max_lr=lr, pct_start=onecycle_pct_start, anneal_strategy="cos",
@@ -225,12 +228,22 @@ class LRSchedule:
         self.warmup_steps = min(round(cfg.warmup_epochs * self.steps_per_epoch), self.total_steps) if warms else 0
         self.swa_from_step = (int(cfg.swa_start * self.total_steps + _EPS)
                               if cfg.swa_lr is not None and cfg.swa_start > 0 else None)
+        # The decay window in steps (fractional steps are fine: only ratios are taken).
+        self.decay_from = (self.warmup_steps if cfg.decay_start_epoch is None
+                           else cfg.decay_start_epoch * self.steps_per_epoch)
+        self.decay_to = (self.total_steps if cfg.decay_end_epoch is None
+                         else cfg.decay_end_epoch * self.steps_per_epoch)
         # OneCycleLR phase ends, as torch computes them.
         self._phase1_end = float(cfg.onecycle_pct_start * self.total_steps) - 1
         self._phase2_end = float(self.total_steps - 1)
 
     def _clamp(self, step: int) -> int:
-        return min(max(int(step), 0), self.total_steps - 1)
+        """The step the rate is computed at: clamped into training, held at the epoch's first step
+        with `lr_update: epoch`."""
+        step = min(max(int(step), 0), self.total_steps - 1)
+        if self.cfg.lr_update == "epoch":
+            step -= step % self.steps_per_epoch
+        return step
 
     def lr_at(self, step: int) -> float:
         """Absolute learning rate for a group with lr_scale 1 at this (0-based) optimizer step."""
@@ -249,8 +262,8 @@ class LRSchedule:
         w = self.warmup_steps
         if step < w:
             return cfg.warmup_start_lr + (cfg.lr - cfg.warmup_start_lr) * step / w
-        decay_steps = self.total_steps - w
-        frac = (step - w) / decay_steps if decay_steps > 0 else 0.0
+        span = self.decay_to - self.decay_from
+        frac = min(max((step - self.decay_from) / span, 0.0), 1.0) if span > 0 else 0.0
         if cfg.schedule == "cosine":
             return cfg.min_lr + (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * frac)) / 2
         if cfg.schedule == "linear":
