@@ -224,7 +224,7 @@ def test_uint64_ids_keep_their_values_through_the_csv(tmp_path, as_list):
     assert [int(v) for v in loaded] == values                       # never wrapped to negatives
     write_submission(tmp_path / "s.csv", loaded, [1, 2, 3, 4])
     lines = (tmp_path / "s.csv").read_text().splitlines()
-    assert lines[1:] == [f"5,2", f"{2**63 - 1},4", f"{2**63},3", f"{2**64 - 1},1"]     # sorted by value
+    assert lines[1:] == ["5,2", f"{2**63 - 1},4", f"{2**63},3", f"{2**64 - 1},1"]     # sorted by value
     _, read_ids, labels = read_submission(tmp_path / "s.csv")
     assert [int(v) for v in read_ids] == sorted(values) and labels.tolist() == [2, 4, 3, 1]
 
