@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -77,3 +78,16 @@ def test_download_path_knows_cifar100_as_torchvision_does():
     assert layout.md5 == torchvision.datasets.CIFAR100.tgz_md5
     assert layout.archive == torchvision.datasets.CIFAR100.filename
     assert layout.folder == torchvision.datasets.CIFAR100.base_folder
+
+
+def test_coarse_labels_on_cifar10_are_refused_before_anything_is_written(fake_cifar, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    capsys.readouterr()
+    rc = main(["train", "--recipe", "fast94", "--set", "data.label_mode=coarse", "--data-dir", str(fake_cifar),
+               "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1
+    assert err[0] == ("cifarkit: error: 'data.label_mode: coarse' needs 'data.dataset: cifar100' "
+                      "(CIFAR-10 has one set of labels)")
+    assert not out.exists() and os.listdir(tmp_path) == []
