@@ -12,7 +12,7 @@ import pytest
 import torchvision
 
 from cifarkit.cli import main
-from cifarkit.config import load_recipe
+from cifarkit.config import load_recipe, recipe_to_dict
 from cifarkit.data import cifar
 from cifarkit.data.cifar import load_cifar
 from cifarkit.errors import ConfigError
@@ -65,6 +65,16 @@ def test_label_mode_is_validated():
         load_recipe("fast-c100", ["data.label_mode=medium"])
 
 
+def test_a_recipe_knows_how_many_classes_its_data_has(fake_c100):
+    for overrides, classes in (([], 100), (["data.label_mode=coarse"], 20)):
+        data = load_recipe("fast-c100", overrides).data
+        assert data.num_classes == classes
+        assert load_cifar("cifar100", fake_c100, verify=False, label_mode=data.label_mode,
+                          log=lambda m: None).num_classes == classes
+    assert load_recipe("fast94").data.num_classes == 10
+    assert "num_classes" not in recipe_to_dict(load_recipe("fast-c100"))["data"]      # derived, not a key
+
+
 def test_fast_c100_is_fast94_with_the_cifar100_data():
     c100, fast94 = load_recipe("fast-c100"), load_recipe("fast94")
     assert c100.data.dataset == "cifar100" and c100.data.label_mode == "fine"
@@ -87,7 +97,7 @@ def test_coarse_labels_on_cifar10_are_refused_before_anything_is_written(fake_ci
     rc = main(["train", "--recipe", "fast94", "--set", "data.label_mode=coarse", "--data-dir", str(fake_cifar),
                "--out", str(out)])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1
+    assert rc == ConfigError.exit_code != 0 and len(err) == 1
     assert err[0] == ("cifarkit: error: 'data.label_mode: coarse' needs 'data.dataset: cifar100' "
                       "(CIFAR-10 has one set of labels)")
     assert not out.exists() and os.listdir(tmp_path) == []

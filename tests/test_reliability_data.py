@@ -52,11 +52,12 @@ def refusal_cost(call) -> tuple[str, float, int]:
 
 
 def cli_error(capsys, argv) -> str:
+    """The one stderr line of a refused command; the exit code is the one documented for data errors."""
     capsys.readouterr()
     rc = main([str(a) for a in argv])
     _, err = capsys.readouterr()
     lines = err.strip().splitlines()
-    assert rc == 2, err
+    assert rc == DataError.exit_code != 0, err
     assert len(lines) == 1 and lines[0].startswith("cifarkit: error: ") and "Traceback" not in err, err
     return lines[0]
 

@@ -37,6 +37,13 @@ class DataConfig:
     download: bool = True                 # fetch over HTTPS when no local copy is found
     verify: bool = True                   # check CIFAR-10 pixels and labels by content hash
 
+    @property
+    def num_classes(self) -> int:
+        """Classes the labels name: 10, 100, or CIFAR-100's 20 coarse ones (what the head needs)."""
+        if self.dataset == "cifar10":
+            return 10
+        return 20 if self.label_mode == "coarse" else 100
+
     def validate(self) -> None:
         check(0 <= self.val_size < 50000, "'data.val_size' must be in [0, 50000)")
         check(self.train_subset >= 0, "'data.train_subset' must be >= 0")
