@@ -45,7 +45,8 @@ def test_evaluate_reports_every_model_and_writes_plots(trained_run):
     summary = json.loads((trained_run / "summary.json").read_text())
     assert set(summary["models"]) == {"final", "best", "ema", "swa", "ensemble"}
     assert summary["models"]["ensemble"]["members"] == ["best", "ema", "swa"]
-    assert summary["selected"] in summary["models"] and summary["selected_by"] == "validation accuracy"
+    # seed000 deploys its ensemble, as the original did (eval.select); the others are still scored
+    assert summary["selected"] == "ensemble" and summary["selected_by"] == "recipe (eval.select)"
     assert summary["tta"] == "views000"             # seed000's test-time views
     for entry in summary["models"].values():
         test = entry["test"]
@@ -71,6 +72,25 @@ def test_predict_writes_a_sorted_submission(trained_run, tmp_path, capsys):
     assert main(["predict", str(trained_run), "--input", str(pkl), "--output", str(other),
                  "--header", "id,label", "--weights", "ensemble", "--self-normalize"]) == 0
     assert other.read_text().splitlines()[0] == "id,label"
+
+
+def test_predict_auto_follows_an_ensemble_selection(trained_run, tmp_path, capsys):
+    """summary.json selected the ensemble: `--weights auto` must predict with all its members."""
+    from cifarkit.evaluate.loading import load_models
+    from cifarkit.evaluate.predict import predict_array
+    assert json.loads((trained_run / "summary.json").read_text())["selected"] == "ensemble"
+    images = np.random.default_rng(1).integers(0, 256, (24, 3, 32, 32), dtype=np.uint8)
+    auto = load_models(trained_run, "auto")
+    assert [m.source.rsplit("/", 1)[-1] for m in auto] == ["best.pt", "ema.pt", "swa.pt"]
+    ensemble = predict_array(load_models(trained_run, "ensemble"), images, tta=None, device="cpu")
+    np.testing.assert_allclose(predict_array(auto, images, tta=None, device="cpu"), ensemble)
+    single = predict_array(load_models(trained_run, "best"), images, tta=None, device="cpu")
+    assert not np.allclose(single, ensemble)
+    capsys.readouterr()
+    assert main(["export", str(trained_run), "--out", str(tmp_path / "x")]) != 0
+    err = capsys.readouterr().err
+    assert "the selected model is the ensemble best+ema+swa" in err and "--weights" in err
+    assert not (tmp_path / "x").exists()
 
 
 def test_predict_labels_image_files_and_export_matches(trained_run, tmp_path, capsys):

@@ -10,12 +10,13 @@ import os
 import pickle
 import tarfile
 import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from cifarkit.data import cifar
+from cifarkit.data import archive, cifar
 from cifarkit.data.cifar import (CifarArrays, download_archive, extract_archive, load_cifar,
                                  verify_cifar10)
 from cifarkit.errors import ConfigError, DataError
@@ -316,7 +317,7 @@ def test_manual_member_check_used_without_tarfile_filters():
         member = tarfile.TarInfo(name)
         member.type = kind
         return member
-    check = cifar._manual_member_problem
+    check = archive._manual_member_problem
     assert check(info("cifar-10-batches-py/data_batch_1")) is None
     assert check(info("cifar-10-batches-py", tarfile.DIRTYPE)) is None
     assert check(info("/etc/passwd")) == "absolute path"
@@ -354,7 +355,7 @@ def _serve(monkeypatch, data: bytes, *, final_url: str | None = None, fail_after
     def urlopen(url, timeout=None):
         requested.append(url)
         return FakeResponse(data, final_url or url, fail_after=fail_after)
-    monkeypatch.setattr(cifar.urllib.request, "urlopen", urlopen)
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
     return requested
 
 
@@ -401,7 +402,7 @@ def test_download_refuses_plain_http(monkeypatch, tmp_path):
 def test_network_failure_names_url_and_data_dir(monkeypatch, tmp_path):
     def urlopen(url, timeout=None):
         raise urllib.error.URLError("Name or service not known")
-    monkeypatch.setattr(cifar.urllib.request, "urlopen", urlopen)
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
     with pytest.raises(DataError) as info:
         load_cifar("cifar10", tmp_path, download=True, log=quiet)
     message = str(info.value)

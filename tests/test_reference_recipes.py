@@ -77,11 +77,13 @@ ORIGINAL_000 = {
     "train.grad_clip": 1.0,                   # clip_grad_norm_(model.parameters(), max_norm=1.0)
     "train.ema_decay": 0.999,                 # EMA(model, decay=0.999), updated every step
     "train.ema_buffers": "copy",              # EMA.register/update: named_parameters() only
+    "train.ema_keep": "at_best",              # on a new best val_acc: save the model and the EMA together
     "train.swa_start": 145 / 195,             # swa_start = int(195 * 0.75); epoch >= swa_start, 1-based
     "train.swa_lr": None,                     # the schedule goes on during SWA
     "train.early_stopping_patience": 0,
     "eval.tta": "views000",                   # predict_with_enhanced_tta(num_tta=5): 6 views
     "eval.ensemble": ["best", "ema", "swa"],  # ensemble = [best_model, ema_model, swa_model]
+    "eval.select": "ensemble",                # the submission is the ensemble's
 }
 
 # What 000's code really trained: val_dataset.dataset.transform = test_transform replaced the transform
@@ -283,9 +285,11 @@ ORIGINAL_004 = {
     "train.grad_clip": 1.0,                   # clip_grad_norm_(model.parameters(), max_norm=1.0)
     "train.ema_decay": 0.999,                 # EMA(model, decay=0.999), updated every step
     "train.ema_buffers": "copy",              # EMA: named_parameters() only
+    "train.ema_keep": "best",                 # the EMA is validated; its best epoch's weights are kept
     "train.swa_start": 0.0,
     "eval.tta": "views004",                   # enhanced_tta_prediction: 8 weighted views, outputs / 0.9
     "eval.ensemble": [],
+    "eval.select": "ema",                     # the best EMA is the deployed model
 }
 
 ORIGINALS = {

@@ -267,3 +267,48 @@ def test_duration_and_epoch_line_formats():
     line = epoch_line({"epoch": 3, "train_loss": 0.5, "train_acc": 0.9, "lr": 0.01, "epoch_seconds": 1.25,
                        "images_per_second": 1000.0, "ema_val_acc": 0.8, "val_loss": 0.4, "val_acc": 0.85}, 10)
     assert line.startswith("epoch 3/10  loss 0.5000  acc 0.9000  val_loss 0.4000 val_acc 0.8500  ema_val_acc 0.8000")
+
+
+@pytest.mark.parametrize("keep, ema_accs, live_accs, kept_epoch", [
+    ("best", [0.3, 0.6, 0.5], [0.9, 0.1, 0.1], 2),      # the EMA's own best epoch (reference 004)
+    ("at_best", [0.3, 0.6, 0.5], [0.4, 0.2, 0.7], 3),   # the live model's best epoch (reference 000)
+])
+def test_ema_keep_saves_the_average_of_the_deciding_epoch(tmp_path, monkeypatch, keep, ema_accs, live_accs, kept_epoch):
+    import cifarkit.train.callbacks.ema as ema_module
+    scripted = iter(ema_accs)
+    monkeypatch.setattr(ema_module, "validate", lambda model, loader, precision: (1.0, next(scripted)))
+    trainer = stand_in_trainer()
+    run = RunDir(tmp_path / "run")
+    callback = EMACallback(trainer.model, decay=0.5, val_loader=batches(), run=run, keep=keep)
+    best = BestModel()
+    kept = {}
+    for epoch, live in enumerate(live_accs):
+        nudge(trainer.model, 1.0)
+        callback.on_step_end(trainer, epoch + 1)
+        record = {"val_acc": live}
+        callback.on_epoch_end(trainer, epoch, record)        # before BestModel, as build_callbacks orders them
+        best.on_epoch_end(trainer, epoch, record)
+        kept[epoch + 1] = {k: v.clone() for k, v in callback.ema.module.state_dict().items()}
+    callback.on_fit_end(trainer)
+    saved = load_checkpoint(run.weights("ema"))
+    assert saved["epoch"] == kept_epoch and saved["keep"] == keep
+    assert all(torch.equal(saved["model"][k], v) for k, v in kept[kept_epoch].items())
+    in_memory = callback.trained_models()["ema"].state_dict()
+    assert all(torch.equal(in_memory[k], v) for k, v in kept[kept_epoch].items())
+    restored = EMACallback(trainer.model, decay=0.5, val_loader=batches(), keep=keep)
+    restored.load_state_dict(callback.state_dict())
+    assert restored.kept_val_acc == callback.kept_val_acc > 0 and restored.trained_models() == {}
+
+
+def test_ema_keep_last_saves_the_final_average(tmp_path):
+    trainer = stand_in_trainer()
+    run = RunDir(tmp_path / "run")
+    callback = EMACallback(trainer.model, decay=0.5, run=run)
+    nudge(trainer.model, 1.0)
+    callback.on_step_end(trainer, 1)
+    callback.on_fit_end(trainer)
+    saved = load_checkpoint(run.weights("ema"))
+    assert saved["keep"] == "last"
+    assert all(torch.equal(saved["model"][k], v) for k, v in callback.ema.module.state_dict().items())
+    with pytest.raises(ValueError, match="validation loader"):
+        EMACallback(trainer.model, decay=0.5, keep="best")

@@ -58,20 +58,6 @@ def test_ema_equals_closed_form_for_parameters_and_buffers():
     assert not ema.module.training and not any(p.requires_grad for p in ema.module.parameters())
 
 
-def test_ema_warmup_decay_schedule():
-    ema = EMA(tiny_net(), 0.999, warmup=True)
-    decays = []
-    for _ in range(3):
-        decays.append(ema.current_decay())
-        ema.update(tiny_net())
-    assert decays == pytest.approx([1 / 10, 2 / 11, 3 / 12])
-    assert EMA(tiny_net(), 0.5, warmup=True).current_decay() == 0.1
-    late = EMA(tiny_net(), 0.5, warmup=True)
-    late.num_updates = 1000
-    assert late.current_decay() == 0.5
-    assert EMA(tiny_net(), 0.999).current_decay() == 0.999
-
-
 def test_ema_keeps_float32_copy_of_a_low_precision_model():
     model = tiny_net().bfloat16()
     ema = EMA(model, 0.5)

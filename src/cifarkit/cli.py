@@ -99,7 +99,6 @@ def _load(recipe: str, overrides: list[str]):
 
 def cmd_recipes(args) -> int:
     from cifarkit.config import builtin_recipe_names, dump_recipe
-    from cifarkit.experiment import expected_num_classes
     from cifarkit.models.registry import build_model, count_parameters
     if args.action == "show":
         print(dump_recipe(_load(args.name, args.overrides)), end="")
@@ -107,7 +106,7 @@ def cmd_recipes(args) -> int:
     rows = []
     for name in builtin_recipe_names():
         r = _load(name, [])
-        params = count_parameters(build_model(r.model, expected_num_classes(r.data)))
+        params = count_parameters(build_model(r.model, r.data.num_classes))
         rows.append((name, r.model.arch, f"{params:,}", str(r.train.epochs), r.description.split("\n")[0]))
     widths = [max(len(row[i]) for row in rows + [("recipe", "model", "params", "epochs", "")]) for i in range(4)]
     print(f"{'recipe':<{widths[0]}}  {'model':<{widths[1]}}  {'params':>{widths[2]}}  {'epochs':>{widths[3]}}  description")
@@ -117,7 +116,6 @@ def cmd_recipes(args) -> int:
 
 
 def cmd_summary(args) -> int:
-    from cifarkit.experiment import expected_num_classes
     from cifarkit.models.registry import build_model, check_budget, summarize
     from cifarkit.rundir import RunDir
     run = RunDir(args.run) if args.run else None
@@ -125,7 +123,7 @@ def cmd_summary(args) -> int:
     if run and not args.recipe and not run.exists():
         run.load_recipe()                            # the one clear error for a non-run directory
     recipe = _load(source, args.overrides)
-    model = build_model(recipe.model, expected_num_classes(recipe.data))
+    model = build_model(recipe.model, recipe.data.num_classes)
     info = summarize(model)
     print(info.table)
     print(f"recipe {recipe.name}: {info.total_params:,} parameters ({info.trainable_params:,} trainable), "

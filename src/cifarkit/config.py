@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -21,6 +22,10 @@ from cifarkit.models.specs import MODEL_SPECS, ModelSpec, ResNetSpec
 from cifarkit.schema import check, coerce, nearest, parse_dataclass, to_dict
 
 Precision = Literal["fp32", "bf16", "fp16"]
+MAX_WARMUP_EPOCHS = 1e6
+MAX_BASE_DEPTH = 16                       # recipes a `base:` chain may pass through
+# A recipe's name names its run folder (runs/<name>-s<seed>), so it may not leave runs/.
+RECIPE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 # The per-image augmentation slots, in their default order (`augment.order` may permute them).
 # "policy" is AutoAugment, RandAugment or TrivialAugment, whichever `augment.policy` names.
@@ -30,15 +35,25 @@ AUGMENT_OPS = ("crop", "flip", "policy", "color_jitter", "rotation", "perspectiv
 @dataclass
 class DataConfig:
     dataset: Literal["cifar10", "cifar100"] = "cifar10"
+    label_mode: Literal["fine", "coarse"] = "fine"   # CIFAR-100: 100 fine or 20 coarse classes
     val_size: int = 5000                  # held-out, stratified; 0 = train on all 50k
     split_seed: int = 0                   # the split stays fixed across training seeds
     train_subset: int = 0                 # train on a stratified subset of this many images; 0 = all
     download: bool = True                 # fetch over HTTPS when no local copy is found
     verify: bool = True                   # check CIFAR-10 pixels and labels by content hash
 
+    @property
+    def num_classes(self) -> int:
+        """Classes the labels name: 10, 100, or CIFAR-100's 20 coarse ones (what the head needs)."""
+        if self.dataset == "cifar10":
+            return 10
+        return 20 if self.label_mode == "coarse" else 100
+
     def validate(self) -> None:
         check(0 <= self.val_size < 50000, "'data.val_size' must be in [0, 50000)")
         check(self.train_subset >= 0, "'data.train_subset' must be >= 0")
+        check(self.label_mode == "fine" or self.dataset == "cifar100",
+              "'data.label_mode: coarse' needs 'data.dataset: cifar100' (CIFAR-10 has one set of labels)")
 
 
 @dataclass
@@ -158,6 +173,10 @@ class TrainConfig:
     # average: BN running statistics are averaged like the weights; copy: only parameters are
     # averaged, buffers are copied from the live model at every update (references 000 and 004)
     ema_buffers: Literal["average", "copy"] = "average"
+    # which EMA weights `ema.pt` keeps: last = at the end of training; at_best = the EMA of the
+    # epoch with the best live validation accuracy (reference 000); best = the EMA of the epoch
+    # with its own best validation accuracy (reference 004); the last two need a validation split
+    ema_keep: Literal["last", "at_best", "best"] = "last"
     lookahead_every: int = 0              # speed-run lookahead average every N steps; 0 = off
     swa_start: float = 0.0                # fraction of training after which SWA averages each epoch; 0 = off
     swa_lr: float | None = None           # constant lr during SWA; null = keep the schedule
@@ -173,7 +192,9 @@ class TrainConfig:
         check(0 <= self.dampening < 1, "'train.dampening' must be in [0, 1)")
         check(self.weight_decay >= 0, "'train.weight_decay' must be >= 0")
         check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "'train.betas' must be two values in [0, 1)")
-        check(self.warmup_epochs >= 0, "'train.warmup_epochs' must be >= 0")
+        # The warmup is capped at `epochs` anyway; the upper bound keeps warmup x steps a countable number.
+        check(0 <= self.warmup_epochs <= MAX_WARMUP_EPOCHS,
+              f"'train.warmup_epochs' must be in [0, {MAX_WARMUP_EPOCHS:g}] (it is capped at 'train.epochs')")
         check(self.warmup_start_lr >= 0 and self.min_lr >= 0, "learning-rate floors must be >= 0")
         if self.decay_start_epoch is not None or self.decay_end_epoch is not None:
             start = self.warmup_epochs if self.decay_start_epoch is None else self.decay_start_epoch
@@ -207,6 +228,9 @@ class EvalConfig:
                                           # two unshifted views) that get every view; 1 = all
     batch_size: int = 1000
     ensemble: list[str] = field(default_factory=list)   # e.g. [best, ema, swa]: averaged probabilities
+    # the headline model: chosen on the validation split (the default), or fixed by the recipe
+    # (a reference system that deployed one model whatever the validation said)
+    select: Literal["validation", "final", "best", "ema", "swa", "ensemble"] = "validation"
 
     def validate(self) -> None:
         check(self.batch_size >= 1, "'eval.batch_size' must be >= 1")
@@ -236,12 +260,22 @@ class Recipe:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self) -> None:
+        check(RECIPE_NAME.fullmatch(self.name) is not None and ".." not in self.name,
+              f"'name' {self.name!r:.70} must be 1-64 letters, digits, '.', '_' or '-', starting with a "
+              "letter or digit and without '..' (it names the run folder runs/<name>-s<seed>); set "
+              "'name:' in the recipe or pass --set name=...")
         check(self.budget > 0, "'budget' must be positive")
         if self.target_accuracy is not None:
             check(0 < self.target_accuracy < 1, "'target_accuracy' is a fraction in (0, 1)")
         if self.data.val_size == 0:
             check(self.train.early_stopping_patience == 0,
                   "'train.early_stopping_patience' needs a validation split ('data.val_size' > 0)")
+            check(self.train.ema_keep == "last",
+                  f"'train.ema_keep: {self.train.ema_keep}' needs a validation split ('data.val_size' > 0)")
+        if self.train.ema_keep != "last":
+            check(self.train.ema_decay > 0, f"'train.ema_keep: {self.train.ema_keep}' needs 'train.ema_decay' > 0")
+        if self.eval.select == "ensemble":
+            check(len(self.eval.ensemble) >= 2, "'eval.select: ensemble' needs at least two 'eval.ensemble' members")
 
 
 RECIPE_SECTIONS = {f.name for f in dataclasses.fields(Recipe)}
@@ -288,40 +322,87 @@ def builtin_recipe_text(name: str) -> str:
     return path.read_text(encoding="utf-8")
 
 
-def load_recipe_dict(name_or_path: str, _chain: tuple[str, ...] = ()) -> dict:
-    """A built-in recipe name (`seed002`) or a path to a YAML file.
+@dataclass(frozen=True)
+class _RecipeSource:
+    """Where a recipe's text comes from: a YAML file, or a built-in recipe (by name)."""
 
-    A recipe may start from another with `base: NAME_OR_PATH`; its own keys then override the
-    base's, section by section (a small file can say only what it changes).
-    """
+    label: str                 # how messages name it: the path as given, or the built-in's name
+    path: Path | None = None   # None for a built-in
+
+    @property
+    def key(self) -> tuple[str, str]:
+        # Loops are found by identity, not by spelling: 'loop2', 'loop2.yaml' and './loop2.yaml'
+        # in one folder are the same file.
+        return ("file", str(self.path.resolve())) if self.path else ("builtin", self.label)
+
+    def text(self) -> str:
+        return self.path.read_text(encoding="utf-8") if self.path else builtin_recipe_text(self.label)
+
+
+def _top_source(name_or_path: str) -> _RecipeSource:
+    """The recipe a user names on the command line: a path (relative to the current folder) or a built-in."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
             raise ConfigError(f"recipe file not found: {path}")
-        text = path.read_text(encoding="utf-8")
-    else:
-        text = builtin_recipe_text(name_or_path)
+        return _RecipeSource(name_or_path, path)
+    builtin_recipe_text(name_or_path)          # an unknown name fails here, naming the nearest
+    return _RecipeSource(name_or_path)
+
+
+def _base_source(base: str, child: _RecipeSource) -> _RecipeSource:
+    """`base:` inside a recipe: a file next to that recipe (`x.yaml`, or `x` for `x.yaml`), else a built-in.
+
+    Never the current folder: a recipe means the same wherever the command is run from."""
+    looked = []
+    if child.path is not None:
+        folder = child.path.parent
+        candidates = [folder / base] + ([folder / f"{base}.yaml"] if not Path(base).suffix else [])
+        for candidate in candidates:
+            if candidate.is_file():
+                return _RecipeSource(str(candidate), candidate)
+        looked += [str(c) for c in candidates]
+    name = base[: -len(Path(base).suffix)] if Path(base).suffix in (".yaml", ".yml") else base
+    if "/" not in name and "\\" not in name and name in builtin_recipe_names():
+        return _RecipeSource(name)
+    raise ConfigError(f"recipe {child.label}: base '{base}' not found (looked for "
+                      + ", ".join(looked + ["a built-in recipe of that name"]) + ")")
+
+
+def load_recipe_dict(name_or_path: str) -> dict:
+    """A built-in recipe name (`seed002`) or a path to a YAML file.
+
+    A recipe may start from another with `base: NAME_OR_PATH`, looked up next to the recipe that
+    names it, then among the built-ins; its own keys then override the base's, section by section
+    (a small file can say only what it changes). A chain that loops is an error.
+    """
+    return _load_chain(_top_source(name_or_path), ())
+
+
+def _load_chain(source: _RecipeSource, chain: tuple[_RecipeSource, ...]) -> dict:
+    if source.key in {s.key for s in chain}:
+        names = " -> ".join(s.label for s in (*chain, source))
+        raise ConfigError(f"recipe {chain[0].label}: the 'base' chain loops ({names})")
+    if len(chain) >= MAX_BASE_DEPTH:
+        raise ConfigError(f"recipe {chain[0].label}: the 'base' chain is longer than {MAX_BASE_DEPTH} recipes")
     try:
-        data = yaml.safe_load(text)
+        data = yaml.safe_load(source.text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"recipe {name_or_path} is not valid YAML{where}: {problem}") from None
+        raise ConfigError(f"recipe {source.label} is not valid YAML{where}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"recipe {source.label} cannot be read ({getattr(e, 'strerror', None) or e})") from None
     data = data or {}
     if not isinstance(data, dict):
-        raise ConfigError(f"recipe {name_or_path} must be a mapping of sections, got {type(data).__name__}")
+        raise ConfigError(f"recipe {source.label} must be a mapping of sections, got {type(data).__name__}")
     base = data.pop("base", None)
     if base is None:
         return data
-    if not isinstance(base, str):
-        raise ConfigError(f"recipe {name_or_path}: 'base' must name a recipe")
-    if base in _chain or base == name_or_path:
-        raise ConfigError(f"recipe {name_or_path}: 'base' chain loops through '{base}'")
-    if not Path(base).suffix and Path(name_or_path).suffix:    # a sibling file, e.g. base: mine.yaml
-        sibling = Path(name_or_path).parent / f"{base}.yaml"
-        base = str(sibling) if sibling.is_file() else base
-    return merge_recipe_dicts(load_recipe_dict(base, _chain + (name_or_path,)), data)
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"recipe {source.label}: 'base' must name a recipe")
+    return merge_recipe_dicts(_load_chain(_base_source(base, source), (*chain, source)), data)
 
 
 def merge_recipe_dicts(base: dict, override: dict) -> dict:

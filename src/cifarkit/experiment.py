@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from cifarkit.augment.pipeline import build_augment, describe_augment
-from cifarkit.config import DataConfig, Recipe
+from cifarkit.config import Recipe
 from cifarkit.data.loader import DeviceLoader
 from cifarkit.data.prepare import PreparedData, prepare_data
 from cifarkit.device import check_training_precision, inference_precision, resolve_device
@@ -37,13 +37,6 @@ from cifarkit.train.trainer import Trainer
 SPLITS = ("train", "val", "test")
 
 
-def expected_num_classes(cfg: DataConfig) -> int:
-    """How many classes the recipe's dataset has, known before any file is read."""
-    if cfg.dataset == "cifar10":
-        return 10
-    return 20 if getattr(cfg, "label_mode", "fine") == "coarse" else 100
-
-
 class Experiment:
     def __init__(self, recipe: Recipe, *, device: str | torch.device | None = None,
                  log: Callable[[str], None] = print):
@@ -56,7 +49,7 @@ class Experiment:
     # -- before any work -----------------------------------------------------------------------
     @property
     def num_classes(self) -> int:
-        return self.data.num_classes if self.data is not None else expected_num_classes(self.recipe.data)
+        return self.data.num_classes if self.data is not None else self.recipe.data.num_classes
 
     @property
     def channels_last(self) -> bool:
@@ -144,7 +137,7 @@ class Experiment:
         data = self._require_data()
         recipe = self.recipe
         model = self.build_model()
-        augment = build_augment(recipe.augment, data.mean, seed=recipe.seed)
+        augment = build_augment(recipe.augment, data.mean, seed=recipe.seed, std=data.std)
         self.log("augmentation: " + (", ".join(describe_augment(recipe.augment)) or "none"))
         train_loader = self.train_loader(augment)
         val_loader = self.eval_loader("val")
@@ -173,4 +166,4 @@ class Experiment:
                      fraction=self.recipe.eval.tta_fraction if fraction is None else fraction, output=output)
 
 
-__all__ = ["Experiment", "expected_num_classes", "SPLITS"]
+__all__ = ["Experiment", "SPLITS"]

@@ -7,6 +7,7 @@ the same directory, flush and fsync it, then rename over the target (atomic on P
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -23,25 +24,66 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
+# Errors of the storage itself: the message must say which file could not be written.
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS}
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
-    """Open a temporary sibling of `path` for writing; rename it over `path` on success only."""
+    """Open a temporary sibling of `path` for writing; rename it over `path` on success only.
+
+    An OSError of the write (a full disk, a quota, ...) names `path` in its `filename`, not the
+    temporary file and not nothing, so "No space left on device" says where."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    binary = "b" in mode
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
+    made = missing_folders(path.parent)
     try:
-        os.chmod(tmp, 0o666 & ~_UMASK)          # mkstemp makes 0600; give what open() would
+        path.parent.mkdir(parents=True, exist_ok=True)
+        binary = "b" in mode
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, mode, encoding=None if binary else encoding) as f:
+            os.chmod(tmp, 0o666 & ~_UMASK)      # mkstemp makes 0600; give what open() would
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    except BaseException as exc:
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        remove_empty_folders(made)              # a failed write leaves no trace, folders included
+        named = _naming_target(exc, path, tmp) if isinstance(exc, OSError) else None
+        if named is not None:
+            raise named from exc
         raise
     _fsync_dir(path.parent)
+
+
+def _naming_target(exc: OSError, path: Path, tmp: str | None) -> OSError | None:
+    """The same error pointed at the file the caller asked for; None to keep it as it is (errors of
+    the caller's own reads, such as a dropped connection while downloading, keep their wording)."""
+    if exc.filename is not None and exc.filename != tmp:
+        return None
+    if exc.filename == tmp or exc.errno in _STORAGE_ERRNOS:
+        return type(exc)(exc.errno, exc.strerror, str(path))
+    return None
+
+
+def missing_folders(folder: Path) -> list[Path]:
+    """`folder` and those of its ancestors that do not exist yet, deepest first."""
+    missing = []
+    folder = Path(folder)
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """Remove folders (deepest first) that are still empty: the ones a failed operation made."""
+    for folder in folders:
+        with contextlib.suppress(OSError):      # not empty (someone else wrote there) or already gone
+            folder.rmdir()
 
 
 def _fsync_dir(directory: Path) -> None:

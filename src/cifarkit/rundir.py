@@ -101,6 +101,18 @@ class RunDir:
             p.unlink()
         return stale
 
+    def remove_empty(self) -> None:
+        """Remove the run folder when it holds nothing but its lock file and empty subfolders (a
+        start that failed before writing anything)."""
+        lock = self.root / ".lock"
+        leftovers = [p for p in self.root.rglob("*") if p != lock and not p.is_dir()] if self.root.is_dir() else []
+        if leftovers:
+            return
+        lock.unlink(missing_ok=True)
+        for folder in sorted((p for p in self.root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+            folder.rmdir()
+        self.root.rmdir()
+
     def read_metrics(self) -> list[dict]:
         return read_jsonl(self.metrics)
 

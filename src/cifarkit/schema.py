@@ -1,18 +1,32 @@
 """Turn plain dicts (from YAML) into typed dataclasses, with errors a user can act on.
 
 Unknown keys name the nearest valid key; wrong types name the key, the expected type and the
-value. Range checks live in each dataclass's `validate()` method.
+value. Numbers must be finite: inf and nan (YAML `.inf`, `.nan`) are refused for every float
+field, since no learning rate, decay or probability means anything at infinity; a field that
+really takes them says so with `Annotated[float, ALLOW_NONFINITE]`. Range checks live in each
+dataclass's `validate()` method.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from cifarkit.errors import ConfigError
+
+
+class _AllowNonFinite:
+    """Marker for `Annotated[float, ALLOW_NONFINITE]`: the field admits inf and nan."""
+
+    def __repr__(self) -> str:
+        return "ALLOW_NONFINITE"
+
+
+ALLOW_NONFINITE = _AllowNonFinite()
 
 
 def nearest(key: str, options) -> str:
@@ -32,7 +46,7 @@ def parse_dataclass(cls, data: Any, where: str = ""):
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"'{where.rstrip('.') or 'recipe'}' must be a mapping, got {_show(data)}")
-    hints = get_type_hints(cls)
+    hints = get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs = {}
     for key, value in data.items():
@@ -46,11 +60,16 @@ def parse_dataclass(cls, data: Any, where: str = ""):
     return obj
 
 
-def coerce(tp, value: Any, where: str):
-    """Check `value` against type hint `tp`, converting where lossless (int -> float, list -> tuple)."""
+def coerce(tp, value: Any, where: str, *, nonfinite: bool = False):
+    """Check `value` against type hint `tp`, converting where lossless (int -> float, list -> tuple).
+
+    Floats must be finite unless `nonfinite` (set by an `ALLOW_NONFINITE` annotation)."""
     origin = get_origin(tp)
     if tp is Any:
         return value
+    if origin is Annotated:
+        base, *marks = get_args(tp)
+        return coerce(base, value, where, nonfinite=nonfinite or any(m is ALLOW_NONFINITE for m in marks))
     if origin in (Union, types.UnionType):
         options = get_args(tp)
         if value is None and type(None) in options:
@@ -60,9 +79,11 @@ def coerce(tp, value: Any, where: str):
             if option is type(None):
                 continue
             try:
-                return coerce(option, value, where)
+                return coerce(option, value, where, nonfinite=nonfinite)
             except ConfigError as e:
                 errors.append(e)
+        if len(errors) == 1:        # `X | None`: X's own message is the more precise one
+            raise errors[0]
         raise ConfigError(f"'{where}' must be {_type_name(tp)}, got {_show(value)}")
     if origin is Literal:
         choices = get_args(tp)
@@ -76,9 +97,9 @@ def coerce(tp, value: Any, where: str):
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
                 raise ConfigError(f"'{where}' must have {len(args)} entries, got {len(value)}")
-            return tuple(coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+            return tuple(coerce(a, v, f"{where}[{i}]", nonfinite=nonfinite) for i, (a, v) in enumerate(zip(args, value)))
         item = args[0] if args else Any
-        items = [coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+        items = [coerce(item, v, f"{where}[{i}]", nonfinite=nonfinite) for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if dataclasses.is_dataclass(tp):
         return parse_dataclass(tp, value, where + ".")
@@ -93,9 +114,15 @@ def coerce(tp, value: Any, where: str):
             return int(value)
         raise ConfigError(f"'{where}' must be an integer, got {_show(value)}")
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"'{where}' must be a number, got {_show(value)}")
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ConfigError(f"'{where}' must be a number, got {_show(value)}")
+        try:
+            number = float(value)
+        except OverflowError:      # an integer with hundreds of digits
+            number = math.inf
+        if not nonfinite and not math.isfinite(number):
+            raise ConfigError(f"'{where}' must be a finite number, got {_show(value)}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -139,4 +166,4 @@ def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-__all__ = ["parse_dataclass", "coerce", "to_dict", "check", "nearest", "unknown_key_error", "typing"]
+__all__ = ["ALLOW_NONFINITE", "parse_dataclass", "coerce", "to_dict", "check", "nearest", "unknown_key_error", "typing"]

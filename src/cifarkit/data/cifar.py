@@ -1,7 +1,7 @@
 """CIFAR-10/100 from the official "python version": find, download, read, check, decode.
 
 The batches are read straight out of the .tar.gz (exact member names only, regular files only,
-size-capped) or out of an extracted folder, unpickled with the restricted unpickler, checked for
+each capped at what its images need: data/archive.py) or out of an extracted folder, unpickled with the restricted unpickler, checked for
 shape, dtype and label range, and -- for CIFAR-10 -- verified by the SHA-256 of the decoded pixels
 and labels, which holds for any faithful copy whatever its container bytes.
 """
@@ -9,23 +9,18 @@ and labels, which holds for any faithful copy whatever its container bytes.
 from __future__ import annotations
 
 import hashlib
-import http.client
 import os
-import sys
-import tarfile
-import urllib.error
-import urllib.parse
-import urllib.request
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from cifarkit.data.archive import TAR_SLACK_BYTES, extract_archive, read_members
+from cifarkit.data.download import download_archive
+from cifarkit.data.integers import IntVectorError, int_vector
 from cifarkit.data.safe_pickle import safe_loads
 from cifarkit.errors import ConfigError, DataError
-from cifarkit.fsio import atomic_open
 
 Log = Callable[[str], object]
 
@@ -45,6 +40,7 @@ CIFAR10_SHA256 = {
 CIFAR10_COUNTS = {"train": 50000, "test": 10000}
 
 MAX_MEMBER_BYTES = 256 * 2**20   # the largest official member (cifar-100 train) is ~155 MB
+MAX_META_BYTES = 2**20           # the official meta files are 158 (CIFAR-10) and ~1,500 bytes
 IMAGE_SIZE = 32
 PIXELS = 3 * IMAGE_SIZE * IMAGE_SIZE
 
@@ -59,18 +55,30 @@ class _Layout:
     meta_file: str
     url: str
     md5: str
+    images_per_file: int          # images in each train/test file of the official release (CIFAR-100's train: 5x)
 
     @property
     def files(self) -> tuple[str, ...]:
         return (*self.train_files, *self.test_files, self.meta_file)
 
+    def max_bytes(self, name: str) -> int:
+        """The most bytes file `name` may hold: what its images need, with room for labels,
+        file names and pickle framing. Reading stops here, whatever the file claims."""
+        if name == self.meta_file:
+            return min(MAX_META_BYTES, MAX_MEMBER_BYTES)
+        images = self.images_per_file * (5 if self.train_files == ("train",) and name == "train" else 1)
+        return min(images * PIXELS * 5 // 4 + 4 * 2**20, MAX_MEMBER_BYTES)
+
+    def max_total_bytes(self) -> int:
+        return sum(self.max_bytes(name) for name in self.files)
+
 
 _LAYOUTS = {
     "cifar10": _Layout("CIFAR-10", "cifar-10-python.tar.gz", "cifar-10-batches-py",
                        tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",),
-                       "batches.meta", CIFAR10_URL, CIFAR10_MD5),
+                       "batches.meta", CIFAR10_URL, CIFAR10_MD5, 10000),
     "cifar100": _Layout("CIFAR-100", "cifar-100-python.tar.gz", "cifar-100-python",
-                        ("train",), ("test",), "meta", CIFAR100_URL, CIFAR100_MD5),
+                        ("train",), ("test",), "meta", CIFAR100_URL, CIFAR100_MD5, 10000),
 }
 # (dataset, label_mode) -> (label key, class-name key in the meta file, number of classes)
 _LABEL_KEYS = {
@@ -166,7 +174,7 @@ def fetch_cifar(dataset: str = "cifar10", data_dir: str | os.PathLike | None = N
     if (target / layout.folder).is_dir():
         log(f"{target / layout.folder} already exists; not extracting again")
     else:
-        extract_archive(source, target)
+        extract_archive(source, target, max_bytes=layout.max_total_bytes() + TAR_SLACK_BYTES)
         log(f"extracted {source} into {target / layout.folder}")
     return target / layout.folder
 
@@ -232,35 +240,9 @@ def _download_target(layout: _Layout, root: Path) -> Path:
 # --- reading the raw batch files -----------------------------------------------------------
 
 def _read_archive(path: Path, layout: _Layout) -> dict[str, bytes]:
-    """The expected members' bytes, read in one sequential pass without extracting anything."""
+    """The expected members' bytes, each within what its images need (see `read_members`)."""
     wanted = {f"{layout.folder}/{name}": name for name in layout.files}
-    found: dict[str, bytes] = {}
-    try:
-        with tarfile.open(path, "r|*") as tar:
-            for member in tar:
-                member_name = member.name[2:] if member.name.startswith("./") else member.name
-                name = wanted.get(member_name)
-                if name is None:
-                    continue
-                if name in found:
-                    raise DataError(f"{path}: member {member_name} appears twice in the archive")
-                if not member.isreg():
-                    raise DataError(f"{path}: member {member_name} is not a regular file")
-                if member.size > MAX_MEMBER_BYTES:
-                    raise DataError(f"{path}: member {member_name} is {member.size} bytes, larger "
-                                    f"than any CIFAR file ({MAX_MEMBER_BYTES} bytes at most)")
-                handle = tar.extractfile(member)
-                data = handle.read() if handle is not None else b""
-                if len(data) != member.size:
-                    raise DataError(f"{path}: member {member_name} is truncated")
-                found[name] = data
-                if len(found) == len(wanted):
-                    break
-    except DataError:
-        raise
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
-        raise DataError(f"{path} is not a readable CIFAR archive (expected a complete "
-                        f".tar.gz: {type(exc).__name__}: {exc})") from None
+    found = read_members(path, wanted, layout.max_bytes, layout.max_total_bytes())
     missing = [f"{layout.folder}/{name}" for name in layout.files if name not in found]
     if missing:
         raise DataError(f"{path} lacks the {layout.title} member(s) {', '.join(missing)}")
@@ -274,12 +256,18 @@ def _read_folder(folder: Path, layout: _Layout) -> dict[str, bytes]:
     blobs = {}
     for name in layout.files:
         path = folder / name
+        cap = layout.max_bytes(name)
         try:
-            if path.stat().st_size > MAX_MEMBER_BYTES:
-                raise DataError(f"{path} is larger than any CIFAR file ({MAX_MEMBER_BYTES} bytes at most)")
-            blobs[name] = path.read_bytes()
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                data = f.read(size + 1) if size <= cap else b""   # never more than the cap
         except OSError as exc:
             raise DataError(f"{path} cannot be read ({exc.strerror or exc})") from None
+        if size > cap:
+            raise DataError(f"{path} is larger than any CIFAR file ({cap} bytes at most for {name})")
+        if len(data) != size:
+            raise DataError(f"{path} changed while it was read; read it again when nothing writes to it")
+        blobs[name] = data
     return blobs
 
 
@@ -307,19 +295,18 @@ def _decode_batch(batch: object, what: str, label_key: str, num_classes: int) ->
         raise DataError(f"{what}: 'data' has dtype {data.dtype}, not uint8")
     if data.ndim != 2 or data.shape[1] != PIXELS:
         raise DataError(f"{what}: 'data' has shape {data.shape}, not (N, {PIXELS})")
-    labels = _as_labels(_get(batch, label_key, what), what, label_key, num_classes)
-    if len(labels) != len(data):
-        raise DataError(f"{what}: {len(labels)} '{label_key}' for {len(data)} images")
+    labels = _as_labels(_get(batch, label_key, what), what, label_key, num_classes, len(data))
     return data, labels
 
 
-def _as_labels(raw: object, what: str, label_key: str, num_classes: int) -> np.ndarray:
+def _as_labels(raw: object, what: str, label_key: str, num_classes: int, count: int) -> np.ndarray:
+    """`count` labels in 0..num_classes-1; the structure is checked before numpy expands it."""
     try:
-        labels = np.asarray(raw)
-    except (ValueError, TypeError):
-        labels = np.asarray([None])
-    if labels.ndim != 1 or labels.dtype.kind not in "iu":
-        raise DataError(f"{what}: '{label_key}' is not a flat list of integers")
+        labels = int_vector(raw, length=count)
+    except IntVectorError as e:
+        if e.kind == "length":
+            raise DataError(f"{what}: {e.found} '{label_key}' for {count} images") from None
+        raise DataError(f"{what}: '{label_key}' is not a flat list of integers{e.detail}") from None
     if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
         bad = labels[(labels < 0) | (labels >= num_classes)][0]
         raise DataError(f"{what}: '{label_key}' holds label {bad}, outside 0..{num_classes - 1}")
@@ -348,136 +335,3 @@ def _class_names(meta: object, what: str, names_key: str, num_classes: int) -> l
     if len(names) != num_classes:
         raise DataError(f"{what}: '{names_key}' lists {len(names)} classes, not {num_classes}")
     return [n.decode("utf-8", errors="replace") if isinstance(n, bytes) else n for n in names]
-
-
-# --- download ------------------------------------------------------------------------------
-
-def download_archive(url: str, dest: str | os.PathLike, md5: str, *, log: Log = print,
-                     timeout: float = 60.0) -> Path:
-    """Fetch `url` (HTTPS only) into `dest`: stream to a temporary sibling, check the MD5, rename.
-
-    `dest` never holds a partial or unverified file. Progress goes to a tqdm bar when stdout is
-    a terminal (and tqdm is installed), else to a `log` line every ~10%.
-    """
-    dest = Path(dest)
-    if urllib.parse.urlparse(url).scheme != "https":
-        raise DataError(f"refusing to download {url}: only https:// URLs are allowed")
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DataError(f"cannot create {dest.parent} for the download ({exc.strerror or exc}); "
-                        "pass a writable --data-dir") from None
-    if not os.access(dest.parent, os.W_OK):
-        raise DataError(f"cannot write the download into {dest.parent}; pass a writable --data-dir")
-    hint = "; download it yourself and pass --data-dir pointing at the archive or its folder"
-    try:
-        response = urllib.request.urlopen(url, timeout=timeout)
-    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
-        reason = getattr(exc, "reason", None) or exc
-        raise DataError(f"could not download {url} ({reason}){hint}") from None
-    with response:
-        final_url = response.geturl() if hasattr(response, "geturl") else url
-        if urllib.parse.urlparse(final_url).scheme != "https":
-            raise DataError(f"refusing to download {url}: it redirects to the non-https {final_url}")
-        total = int(response.headers.get("Content-Length") or 0)
-        digest = hashlib.md5(usedforsecurity=False)
-        progress = _Progress(total, dest.name, log)
-        try:
-            with atomic_open(dest, "wb") as out:
-                while chunk := response.read(1 << 20):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    progress.update(len(chunk))
-                if digest.hexdigest() != md5:
-                    raise DataError(f"the download of {url} is corrupt (MD5 {digest.hexdigest()} "
-                                    f"instead of {md5}){hint}")
-        except (OSError, http.client.HTTPException) as exc:
-            raise DataError(f"could not download {url} ({type(exc).__name__}: {exc}){hint}") from None
-        finally:
-            progress.close()
-    log(f"downloaded {url} to {dest} (MD5 ok)")
-    return dest
-
-
-class _Progress:
-    """A tqdm bar on a terminal, else a log line every ~10% (or every 16 MiB if the size is unknown)."""
-
-    def __init__(self, total: int, label: str, log: Log) -> None:
-        self.total, self.label, self.log = total, label, log
-        self.done, self.next_report = 0, 0.1
-        self.bar = None
-        if sys.stdout.isatty():
-            try:
-                from tqdm import tqdm
-                self.bar = tqdm(total=total or None, unit="B", unit_scale=True, desc=label)
-            except ImportError:
-                pass
-
-    def update(self, n: int) -> None:
-        self.done += n
-        if self.bar is not None:
-            self.bar.update(n)
-        elif self.total:
-            while self.done >= self.next_report * self.total and self.next_report <= 1.0:
-                self.log(f"{self.label}: {round(self.next_report * 100)}% "
-                         f"({self.done / 2**20:.1f} of {self.total / 2**20:.1f} MiB)")
-                self.next_report = round(self.next_report + 0.1, 1)
-        elif self.done // (16 * 2**20) != (self.done - n) // (16 * 2**20):
-            self.log(f"{self.label}: {self.done / 2**20:.0f} MiB")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-# --- extraction (for `cifarkit download --extract`) -----------------------------------------
-
-def extract_archive(archive: str | os.PathLike, dest: str | os.PathLike) -> Path:
-    """Extract a .tar(.gz) into `dest`, refusing absolute paths, '..', links and special files.
-
-    Every member is checked before anything is written, so a hostile archive leaves `dest`
-    untouched. Uses tarfile's "data" filter where Python has it (3.11.4+), else the same rules
-    checked by hand.
-    """
-    archive, dest = Path(archive), Path(dest)
-    try:
-        with tarfile.open(archive, "r:*") as tar:
-            members = tar.getmembers()
-            for member in members:
-                problem = _member_problem(member, dest)
-                if problem:
-                    raise DataError(f"{archive}: refuses to extract member '{member.name}' ({problem})")
-            dest.mkdir(parents=True, exist_ok=True)
-            if hasattr(tarfile, "data_filter"):
-                tar.extractall(dest, members=members, filter="data")
-            else:  # pragma: no cover - Python < 3.11.4
-                tar.extractall(dest, members=members)
-    except DataError:
-        raise
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
-        raise DataError(f"{archive} cannot be extracted ({type(exc).__name__}: {exc})") from None
-    return dest
-
-
-def _member_problem(member: tarfile.TarInfo, dest: Path) -> str | None:
-    """Why a member is unsafe to extract, or None."""
-    if hasattr(tarfile, "data_filter"):
-        try:
-            tarfile.data_filter(member, str(dest))
-        except tarfile.FilterError as exc:
-            return str(exc)
-        # The data filter allows links that stay inside dest; CIFAR archives have none, so refuse.
-    return _manual_member_problem(member)
-
-
-def _manual_member_problem(member: tarfile.TarInfo) -> str | None:
-    name = member.name.replace("\\", "/")
-    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
-        return "absolute path"
-    if ".." in name.split("/"):
-        return "path leaves the destination"
-    if member.issym() or member.islnk():
-        return "links are not allowed"
-    if not (member.isreg() or member.isdir()):
-        return "special files are not allowed"
-    return None

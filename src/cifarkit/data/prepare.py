@@ -38,7 +38,8 @@ class PreparedData:
 
 
 def prepare_data(cfg: DataConfig, data_dir=None, log: Callable[[str], None] = print) -> PreparedData:
-    arrays = load_cifar(cfg.dataset, data_dir, download=cfg.download, verify=cfg.verify, log=log)
+    arrays = load_cifar(cfg.dataset, data_dir, download=cfg.download, verify=cfg.verify,
+                        label_mode=cfg.label_mode, log=log)
     train_idx, val_idx = stratified_split(arrays.train_labels, cfg.val_size, cfg.split_seed)
     if cfg.train_subset and cfg.train_subset < len(train_idx):
         # Quick experiments: a class-balanced part of the training split (the validation split is unchanged).

@@ -15,6 +15,7 @@ from cifarkit.models.registry import build_model
 from cifarkit.rundir import RunDir
 from cifarkit.schema import to_dict
 from cifarkit.train.checkpoint import load_checkpoint, load_weights
+from cifarkit.train.checkpoint_schema import validate_export, validate_weights_file
 
 
 @dataclass
@@ -41,9 +42,7 @@ def _from_state(state_dict: dict, recipe_dict: dict, normalization: dict, source
 
 
 def load_weights_file(path: str | Path, device="cpu") -> TrainedModel:
-    ckpt = load_checkpoint(path, map_location=device)
-    if "recipe" not in ckpt or "normalization" not in ckpt:
-        raise CheckpointError(f"{path} has no recipe or normalization; it is not a cifarkit weights file")
+    ckpt = validate_weights_file(load_checkpoint(path, map_location=device), path)
     return _from_state(ckpt["model"], ckpt["recipe"], ckpt["normalization"], str(path), device)
 
 
@@ -59,8 +58,9 @@ def load_export(directory: str | Path, device="cpu") -> TrainedModel:
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         state = load_file(str(weights_path), device=str(device))
-    except (json.JSONDecodeError, SafetensorError, OSError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, SafetensorError, OSError) as e:
         raise CheckpointError(f"{directory} holds a corrupt export: {str(e).splitlines()[0][:200]}") from None
+    meta = validate_export(meta, state, meta_path, weights_path)
     return _from_state(state, meta["recipe"], meta["normalization"], str(weights_path), device)
 
 

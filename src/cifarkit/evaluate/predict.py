@@ -13,6 +13,7 @@ from cifarkit.data.loader import channel_stats, normalized_batches
 from cifarkit.device import inference_precision, resolve_device
 from cifarkit.evaluate.inference import infer
 from cifarkit.evaluate.loading import TrainedModel, load_models
+from cifarkit.train.checkpoint_schema import check_finite_logits
 
 
 def predict_array(members: list[TrainedModel], images: np.ndarray, *, tta: str | None, device,
@@ -25,9 +26,11 @@ def predict_array(members: list[TrainedModel], images: np.ndarray, *, tta: str |
         mean, std = own_stats or (m.mean, m.std)
         batches = normalized_batches(images, mean=mean, std=std, batch_size=m.recipe.eval.batch_size,
                                      device=device, channels_last=m.recipe.train.channels_last)
-        probs.append(infer(m.model, batches, mode=tta or m.recipe.eval.tta, device=device,
-                           precision=inference_precision(m.recipe.train.precision, device),
-                           fraction=m.recipe.eval.tta_fraction, stats=(mean, std)).numpy())
+        member = infer(m.model, batches, mode=tta or m.recipe.eval.tta, device=device,
+                       precision=inference_precision(m.recipe.train.precision, device),
+                       fraction=m.recipe.eval.tta_fraction, stats=(mean, std))
+        check_finite_logits(member, m.source)      # NaN logits give NaN probabilities: refuse, never guess
+        probs.append(member.numpy())
     return np.mean(probs, axis=0)
 
 

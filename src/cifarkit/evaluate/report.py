@@ -87,13 +87,13 @@ def _evaluate(run: RunDir, recipe, kinds, data_dir, tta, device, log, experiment
         results["ensemble"] = entry
         log(f"ensemble of {'+'.join(members)}: test accuracy {entry['test']['accuracy']:.4f}")
 
-    selected = select(results)
+    selected = select(results, recipe.eval.select)
     write_plots(run, results, test_probs, test_labels, data.classes)
     headline = results[selected]["test"]["accuracy"]
     summary = {
         "run": str(run.root), "recipe": recipe.name, "seed": recipe.seed, "dataset": recipe.data.dataset,
         "tta": mode, "selected": selected,
-        "selected_by": "validation accuracy" if has_val else "recipe (no validation split)",
+        "selected_by": _selected_by(recipe.eval.select, selected, has_val),
         "test_accuracy": headline, "parameters": n_params,
         "accuracy_per_million_parameters": headline / (n_params / 1e6),
         "models": results, "train": run.read_run_info().get("train"),
@@ -105,13 +105,22 @@ def _evaluate(run: RunDir, recipe, kinds, data_dir, tta, device, log, experiment
     return summary
 
 
-def select(models: dict) -> str:
-    """The model with the best validation accuracy (the ensemble wins ties); without a validation
-    split the recipe's ensemble when there is one, else the final weights."""
+def select(models: dict, rule: str = "validation") -> str:
+    """The model the recipe fixes (`eval.select`), when it was trained; else the one with the best
+    validation accuracy (the ensemble wins ties); without a validation split the recipe's ensemble
+    when there is one, else the final weights."""
+    if rule != "validation" and rule in models:
+        return rule
     scored = {k: v["val_accuracy"] for k, v in models.items() if "val_accuracy" in v}
     if scored:
         return max(scored, key=lambda k: (scored[k], k == "ensemble"))
     return "ensemble" if "ensemble" in models else "final"
+
+
+def _selected_by(rule: str, selected: str, has_val: bool) -> str:
+    if rule == selected:
+        return "recipe (eval.select)"
+    return "validation accuracy" if has_val else "recipe (no validation split)"
 
 
 def write_plots(run: RunDir, models: dict, test_probs: dict, labels: np.ndarray, classes: list[str]) -> None:

@@ -61,26 +61,16 @@ class EMA(_Averager):
     model at each update, so the averaged copy normalizes with the live model's current statistics
     (what references 000 and 004 did: their EMA kept shadow parameters only). Integer buffers
     (num_batches_tracked) are always copied.
-
-    With `warmup`, the effective decay is min(decay, (1 + n) / (10 + n)) for the n-th update (0-based),
-    so early averages are not dominated by the random initialization. Off by default.
     """
 
-    def __init__(self, model: nn.Module, decay: float, warmup: bool = False, average_buffers: bool = True):
+    def __init__(self, model: nn.Module, decay: float, average_buffers: bool = True):
         if not 0.0 <= decay < 1.0:
             raise ConfigError(f"EMA decay must be in [0, 1), got {decay}")
         super().__init__(model)
         self.decay = float(decay)
-        self.warmup = bool(warmup)
         self.average_buffers = bool(average_buffers)
         self._param_ids = {id(p) for p in self.module.parameters()}
         self.num_updates = 0
-
-    def current_decay(self) -> float:
-        if self.warmup:
-            n = self.num_updates
-            return min(self.decay, (1.0 + n) / (10.0 + n))
-        return self.decay
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
@@ -92,14 +82,14 @@ class EMA(_Averager):
             avg_f, live_f = [a for a, _ in kept], [b for _, b in kept]
             avg_i, live_i = avg_i + [a for a, _ in copied], live_i + [b for _, b in copied]
         if avg_f:
-            torch._foreach_lerp_(avg_f, live_f, 1.0 - self.current_decay())
+            torch._foreach_lerp_(avg_f, live_f, 1.0 - self.decay)
         if avg_i:
             torch._foreach_copy_(avg_i, live_i)
         self.num_updates += 1
 
     def state_dict(self) -> dict:
         return {"module": self.module.state_dict(), "num_updates": self.num_updates,
-                "decay": self.decay, "warmup": self.warmup, "average_buffers": self.average_buffers}
+                "decay": self.decay, "average_buffers": self.average_buffers}
 
     def load_state_dict(self, state: dict) -> None:
         self.module.load_state_dict(state["module"])
@@ -152,8 +142,6 @@ class SWA(_Averager):
         self.n_averaged = int(state["n_averaged"])
 
 
-__all__ = ["EMA", "SWA"]
-
 
 class Lookahead:
     """The speed-run "lookahead" average: every `every` steps the slow copy moves toward the live
@@ -195,3 +183,6 @@ class Lookahead:
     def load_state_dict(self, state: dict) -> None:
         for mine, saved in zip(self.slow, state["slow"]):
             mine.copy_(saved)
+
+
+__all__ = ["EMA", "SWA", "Lookahead"]

@@ -34,7 +34,8 @@ def build_callbacks(recipe: Recipe, model: nn.Module, *, train_loader, val_loade
     if val_loader is not None:
         callbacks.append(Validation(val_loader))
     if cfg.ema_decay > 0:
-        callbacks.append(EMACallback(model, cfg.ema_decay, val_loader, run))
+        callbacks.append(EMACallback(model, cfg.ema_decay, val_loader, run,
+                                     average_buffers=cfg.ema_buffers == "average", keep=cfg.ema_keep))
     if cfg.lookahead_every:
         callbacks.append(LookaheadCallback(model, cfg.lookahead_every, cfg.epochs * steps_per_epoch))
     swa_from = swa_start_epoch(cfg)
