@@ -72,3 +72,13 @@ def test_committed_results_belong_to_the_recipes_of_that_name(result, recipe):
     for key in ("name", "description"):
         ran.pop(key), now.pop(key)
     assert ran == now
+
+
+def test_warm_up_covers_every_epoch_where_a_compiled_graph_changes():
+    from cifarkit.bench import warmup_epochs
+    from cifarkit.config import load_recipe
+    assert warmup_epochs(load_recipe("fast94")) == 1                                 # eager: one epoch
+    assert warmup_epochs(load_recipe("fast94", ["train.compile=true"])) == 4         # bias freezes at epoch 3
+    assert warmup_epochs(load_recipe("fast94", ["train.compile=true", "augment.resize_schedule=[[24,5]]"])) == 6
+    assert warmup_epochs(load_recipe("fast94", ["train.compile=true", "train.epochs=2"])) == 2
+    assert warmup_epochs(load_recipe("seed002", ["train.compile=true"])) == 1

@@ -82,12 +82,13 @@ def run_benchmark(recipe_name: str, *, seeds: int = 3, overrides: list[str] | No
     out = Path(out) if out else Path("benchmarks") / "results" / f"{base.name}-{device.type}.json"
 
     speed_before = matmul_gflops(device)
-    warm = experiment.with_recipe(dataclasses.replace(base, train=dataclasses.replace(base.train, epochs=1)))
+    warm_epochs = warmup_epochs(base)
+    warm = experiment.with_recipe(dataclasses.replace(base, train=dataclasses.replace(base.train, epochs=warm_epochs)))
     synchronize(device)
     t0 = time.perf_counter()
     time_one_seed(warm)
     warmup_seconds = time.perf_counter() - t0
-    log(f"warm-up (1 epoch, compile and kernel selection): {warmup_seconds:.1f}s")
+    log(f"warm-up ({warm_epochs} epoch{'s' * (warm_epochs > 1)}, compile and kernel selection): {warmup_seconds:.1f}s")
 
     runs = []
     for seed in range(first_seed, first_seed + seeds):
@@ -111,6 +112,17 @@ def run_benchmark(recipe_name: str, *, seeds: int = 3, overrides: list[str] | No
     return result
 
 
+def warmup_epochs(recipe) -> int:
+    """Epochs the warm-up run trains: one, or with torch.compile every epoch up to the last at
+    which the graph changes (FastNet's whitening bias freezes, progressive resizing changes the
+    image size), so no recompilation happens inside a timed seed."""
+    if not recipe.train.compile:
+        return 1
+    changes = [until for _, until in recipe.augment.resize_schedule]
+    changes.append(getattr(recipe.model, "whiten_bias_epochs", 0))
+    return max(1, min(recipe.train.epochs, 1 + max(changes)))
+
+
 def _result(base, experiment: Experiment, runs: list[dict], warmup_seconds: float, speed_before: float,
             speed_after: float | None, record: dict) -> dict:
     """The bench JSON for the runs so far."""
@@ -126,7 +138,7 @@ def _result(base, experiment: Experiment, runs: list[dict], warmup_seconds: floa
         "target_accuracy": base.target_accuracy,
         "p_value_mean_above_target": (one_sided_p_value(accs, base.target_accuracy)
                                       if base.target_accuracy is not None else None),
-        "warmup_seconds": warmup_seconds,
+        "warmup_seconds": warmup_seconds, "warmup_epochs": warmup_epochs(base),
         "forward_flops_per_image": fwd_flops,
         "timing": "first training step to end of the final TTA evaluation; data decoded and on the device",
         "bf16_matmul_gflops": {"before": speed_before, "after": speed_after},

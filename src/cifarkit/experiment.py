@@ -127,6 +127,8 @@ class Experiment:
         seed_everything(self.recipe.seed)
         if self.device.type == "cpu":
             prepare_cpu_training()
+        else:   # shapes are fixed (the training loader drops the last partial batch): let cuDNN choose
+            torch.backends.cudnn.benchmark = True
         model = build_model(self.recipe.model, self.num_classes)
         n_params = check_budget(model, self.recipe.budget, self.recipe.allow_over_budget)
         self.log(f"model {self.recipe.model.arch}: {n_params:,} parameters (budget {self.recipe.budget:,})")

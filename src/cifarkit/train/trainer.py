@@ -197,6 +197,8 @@ class Trainer:
                                  "train.lr, enable train.grad_clip, or set train.on_nonfinite=skip")
         self.optimizer.zero_grad(set_to_none=True)
         self.guard.restore(snapshot)
+        if self.scaler.is_enabled():     # close the scaler's step (unscale_ may have run) at a lower scale
+            self.scaler.update(self.scaler.get_scale() * 0.5)
         st.skipped_steps += 1
         st.lr_factor *= 0.5
         self.log(f"step {step}: non-finite loss, step skipped, learning rate now x{st.lr_factor:g}")
