@@ -122,8 +122,8 @@ def cmd_predict(args) -> int:
 
 def cmd_export(args) -> int:
     from cifarkit.export import export_run
-    out = export_run(args.run, args.out, weights=args.weights)
-    print(f"exported to {out}")
+    out = export_run(args.run, args.out, weights=args.weights, format=args.format)
+    print(f"exported to {out}" + (" (model.onnx)" if args.format == "onnx" else ""))
     return 0
 
 
@@ -189,9 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("export", help="write weights as safetensors plus the architecture as JSON")
+    p = sub.add_parser("export", help="write the model as safetensors + JSON architecture, or as ONNX")
     p.add_argument("run", help="run directory")
-    p.add_argument("--weights", default="auto", choices=["auto", "final", "best", "ema", "swa"])
+    p.add_argument("--weights", default="auto", choices=["auto", "final", "best", "ema", "swa"],
+                   help="which weights (default auto: the one evaluate selected on the validation split)")
+    p.add_argument("--format", default="safetensors", choices=["safetensors", "onnx"],
+                   help="safetensors (default; cifarkit predict loads it) or onnx (model.onnx: uint8 "
+                        "(N, 32, 32, 3) images in, logits and probabilities out, normalization inside)")
     p.add_argument("--out", help="output folder (default: RUN_DIR/export)")
     p.set_defaults(func=cmd_export)
 
