@@ -64,6 +64,7 @@ def cmd_summary(args) -> int:
 
 def cmd_train(args) -> int:
     from cifarkit.config import load_recipe
+    from cifarkit.evaluate.html_report import write_report
     from cifarkit.evaluate.report import evaluate_run
     from cifarkit.rundir import RunDir
     from cifarkit.train.run import default_run_dir, train_run
@@ -86,6 +87,7 @@ def cmd_train(args) -> int:
     train_run(recipe, run_dir, data_dir=args.data_dir, resume=bool(args.resume), force=args.force)
     if not args.no_eval:
         evaluate_run(run_dir, args.data_dir, device=args.device)
+    write_report([run_dir], Path(run_dir) / "report.html")
     print(f"run directory: {run_dir}")
     return 0
 
@@ -93,6 +95,12 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from cifarkit.evaluate.report import evaluate_run
     evaluate_run(args.run, args.data_dir, tta=args.tta, device=args.device)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from cifarkit.evaluate.html_report import write_report
+    write_report(args.runs, args.out)
     return 0
 
 
@@ -174,6 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", choices=["none", "flip", "flip_translate", "view8"])
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("report", help="one self-contained HTML page of one or more runs, with PNG and CSV files")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (several: the recipe values that differ)")
+    p.add_argument("--out", "-o", default="report.html",
+                   help="HTML file to write (default report.html); figures and CSVs go to <name>_files/ beside it")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("predict", help="a submission CSV from the competition pickle, or labels for images")
     p.add_argument("source", help="run directory, weights .pt file, or export folder")
