@@ -114,8 +114,12 @@ def test_the_csvs_hold_the_numbers_of_summary_and_metrics(se_run):
 
     header, rows = read_csv(folder / "roc_curves.csv")
     roc = roc_curves(predictions.probs, predictions.labels, len(predictions.classes))
-    first = [r for r in rows if r[0] == predictions.classes[0]]
-    np.testing.assert_array_equal([num(r[1]) for r in first], roc["fpr"][0])
+    for c, name in enumerate(predictions.classes):
+        points = np.array([[num(r[1]), num(r[2])] for r in rows if r[0] == name])
+        full = np.stack([roc["fpr"][c], roc["tpr"][c]], axis=1)
+        assert {tuple(p) for p in points} <= {tuple(p) for p in full} and len(points) <= len(full)
+        area = float(np.sum(np.diff(points[:, 0]) * (points[1:, 1] + points[:-1, 1]) / 2))
+        assert area == pytest.approx(test["per_class_auc"][name], abs=1e-12)   # the same curve as summary.json's AUC
 
     header, rows = read_csv(folder / "environment.csv")
     env = {r[0]: r[1:] for r in rows}
@@ -214,3 +218,19 @@ def test_bad_input_is_one_line_and_keeps_the_old_report(se_run, tmp_path, capsys
     assert len(err) == 4 and all(line.startswith("cifarkit: error: ") for line in err)
     assert "summary.json is not valid JSON" in err[2] and "is a folder" in err[3]
     assert out.read_text() == "old report"
+
+
+def test_roc_corner_points_keep_the_curve_exactly():
+    from cifarkit.evaluate.metrics import binary_roc
+    from cifarkit.evaluate.report_data import corner_points
+    rng = np.random.default_rng(0)
+    positives = rng.random(5000) < 0.1
+    scores = np.round(rng.random(5000) + positives, 3)          # ties as well as distinct scores
+    fpr, tpr, _ = binary_roc(scores, positives)
+    keep = corner_points(fpr, tpr)
+    assert keep[0] == 0 and keep[-1] == len(fpr) - 1 and len(keep) < len(fpr) / 2
+    for i in sorted(set(range(len(fpr))) - set(keep)):         # each dropped point lies on a kept segment
+        b = np.searchsorted(keep, i)
+        (ax, ay), (bx, by) = (fpr[keep[b - 1]], tpr[keep[b - 1]]), (fpr[keep[b]], tpr[keep[b]])
+        assert (bx - ax) * (tpr[i] - ay) == (by - ay) * (fpr[i] - ax)
+        assert min(ax, bx) <= fpr[i] <= max(ax, bx) and min(ay, by) <= tpr[i] <= max(ay, by)
