@@ -1,4 +1,4 @@
-"""Tiny trained and evaluated runs for the report tests, trained once per test session."""
+"""Tiny trained and evaluated runs for the report tests, trained once per pytest run."""
 
 from __future__ import annotations
 

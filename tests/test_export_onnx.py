@@ -30,7 +30,7 @@ TINY_FAST = ["--recipe", "fast94", "--set", "data.verify=false", "--set", "data.
              "--set", "train.micro_batch=0", "--set", "train.precision=fp32", "--seed", "0"]
 
 
-def session(path):
+def runtime(path):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
@@ -62,7 +62,7 @@ def test_onnx_matches_cifarkit_predict_on_1000_images(fast_run, fast_export):
     from cifarkit.data.loader import DeviceLoader
 
     nchw, nhwc = sample_images()
-    sess = session(fast_export)
+    sess = runtime(fast_export)
     logits, probs = sess.run(["logits", "probabilities"], {"images": nhwc})
 
     trained = load_trained(fast_run, "final", "cpu")
@@ -79,7 +79,7 @@ def test_onnx_matches_cifarkit_predict_on_1000_images(fast_run, fast_export):
 
 
 def test_onnx_takes_any_batch_size_and_only_nhwc_uint8(fast_export):
-    sess = session(fast_export)
+    sess = runtime(fast_export)
     (inp,) = sess.get_inputs()
     assert inp.name == "images" and inp.type == "tensor(uint8)"
     assert inp.shape[1:] == [32, 32, 3] and not isinstance(inp.shape[0], int)
@@ -95,7 +95,7 @@ def test_onnx_takes_any_batch_size_and_only_nhwc_uint8(fast_export):
 
 
 def test_onnx_metadata_names_the_classes_and_normalization(fast_run, fast_export):
-    meta = session(fast_export).get_modelmeta().custom_metadata_map
+    meta = runtime(fast_export).get_modelmeta().custom_metadata_map
     summary_classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     assert json.loads(meta["classes"]) == summary_classes
     assert meta["recipe"] == "fast94" and meta["arch"] == "fastnet"
