@@ -50,6 +50,11 @@ examples:
   cifarkit evaluate runs/seed002-s0                  # every model of the run, TTA, ensemble, plots
   cifarkit evaluate runs/seed002-s0 --tta none       # without test-time augmentation
 """,
+    "report": """\
+examples:
+  cifarkit report runs/seed002-s0                    # report.html (+ report_files/ with PNG and CSV)
+  cifarkit report runs/seed002-s0 runs/seed002-s1 --out compare.html   # only the values that differ
+""",
     "predict": """\
 examples:
   cifarkit predict runs/fast94-s0 --input cifar_test_nolabel.pkl --output submission.csv
@@ -60,6 +65,7 @@ examples:
 examples:
   cifarkit export runs/fast94-s0                     # safetensors weights + model.json in runs/fast94-s0/export
   cifarkit export runs/seed002-s0 --weights best --out shipped/
+  cifarkit export runs/fast94-s0 --format onnx       # model.onnx: uint8 (N, 32, 32, 3) in, logits out
 """,
     "download": """\
 examples:
@@ -157,6 +163,8 @@ def cmd_train(args) -> int:
         run_dir = Path(args.out) if args.out else default_run_dir(recipe)
     train_run(recipe, run_dir, data_dir=args.data_dir, resume=bool(args.resume), force=args.force,
               evaluate=not args.no_eval)
+    from cifarkit.evaluate.html_report import write_report
+    write_report([run_dir], Path(run_dir) / "report.html")
     print(f"run directory: {run_dir}")
     return 0
 
@@ -164,6 +172,12 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from cifarkit.evaluate.report import evaluate_run
     evaluate_run(args.run, args.data_dir, tta=args.tta, device=args.device)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from cifarkit.evaluate.html_report import write_report
+    write_report(args.runs, args.out)
     return 0
 
 
@@ -193,8 +207,8 @@ def cmd_predict(args) -> int:
 
 def cmd_export(args) -> int:
     from cifarkit.export import export_run
-    out = export_run(args.run, args.out, weights=args.weights)
-    print(f"exported to {out}")
+    out = export_run(args.run, args.out, weights=args.weights, format=args.format)
+    print(f"exported to {out}" + (" (model.onnx)" if args.format == "onnx" else ""))
     return 0
 
 
@@ -266,6 +280,16 @@ def build_parser() -> argparse.ArgumentParser:
     _device_arg(p)
     p.set_defaults(func=cmd_evaluate)
 
+    p = _parser(sub, "report", "one self-contained HTML page of one or more runs, with PNG and CSV files",
+                "Write one HTML file (figures embedded, no network needed) with each run's recipe (for several "
+                "runs, the values that differ), training curves, every model's validation and test accuracy, the "
+                "selected model's confusion matrix, per-class precision/recall/F1/AUC, ROC curves and most "
+                "confidently wrong test images, hardware and versions; every figure also as PNG and CSV.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (several: the recipe values that differ)")
+    p.add_argument("--out", "-o", default="report.html",
+                   help="HTML file to write (default report.html); figures and CSVs go to <name>_files/ beside it")
+    p.set_defaults(func=cmd_report)
+
     p = _parser(sub, "predict", "a submission CSV from the competition pickle, or labels for images",
                 "Predict with a trained run, a weights file or an export: a submission CSV (one row per id, "
                 "sorted) from the competition's unlabeled pickle, or the top classes of image files.")
@@ -284,12 +308,16 @@ def build_parser() -> argparse.ArgumentParser:
     _device_arg(p, default="auto")
     p.set_defaults(func=cmd_predict)
 
-    p = _parser(sub, "export", "write weights as safetensors plus the architecture as JSON",
+    p = _parser(sub, "export", "write the model as safetensors + JSON architecture, or as ONNX",
                 "Write one trained model as model.safetensors (no pickle) plus model.json (architecture, "
-                "normalization, classes), loadable by `cifarkit predict EXPORT_DIR`.")
+                "normalization, classes), loadable by `cifarkit predict EXPORT_DIR`, or as model.onnx for "
+                "other runtimes (uint8 (N, 32, 32, 3) images in, normalization inside the graph).")
     p.add_argument("run", help="run directory")
     p.add_argument("--weights", default="auto", choices=["auto", "final", "best", "ema", "swa"],
                    help="which model (default auto: the one evaluate selected; an ensemble is refused)")
+    p.add_argument("--format", default="safetensors", choices=["safetensors", "onnx"],
+                   help="safetensors (default; cifarkit predict loads it) or onnx (model.onnx: uint8 "
+                        "(N, 32, 32, 3) images in, logits and probabilities out, normalization inside)")
     p.add_argument("--out", help="output folder (default: RUN_DIR/export)")
     p.set_defaults(func=cmd_export)
 

@@ -85,7 +85,7 @@ def load_models(source: str | Path, weights: str = "auto", device="cpu") -> list
         return [load_export(source, device)]
     run = RunDir(source)
     if not run.exists():
-        raise CifarkitError(f"{source} is not a run directory, a weights file or an export")
+        raise CheckpointError(f"{source} is not a run directory, a weights file or an export")
     members = []
     for kind in weight_kinds(run, weights):
         if not run.weights(kind).is_file():

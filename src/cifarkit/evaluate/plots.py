@@ -1,4 +1,4 @@
-"""Figures for a run's report: confusion matrix, ROC curves, training curves, as PNG files.
+"""Figures for a run's report: confusion matrix, ROC curves, training curves, image grids, as PNG files.
 
 Figures are built with matplotlib's object API (``matplotlib.figure.Figure``), which renders
 through the Agg backend without pyplot: no screen is needed, and a user's own pyplot backend
@@ -130,7 +130,7 @@ def _series(records: Sequence[dict], key: str) -> tuple[list[float], list[float]
     return xs, ys
 
 
-def _merge_by_epoch(records: Sequence[dict]) -> list[dict]:
+def merge_by_epoch(records: Sequence[dict]) -> list[dict]:
     # A resumed run logs the epochs after its last checkpoint again: for a key logged twice in an
     # epoch the later value wins, while keys from separate lines of one epoch are combined.
     by_epoch: dict[Any, dict] = {}
@@ -140,22 +140,21 @@ def _merge_by_epoch(records: Sequence[dict]) -> list[dict]:
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 
-def plot_training_curves(records: list[dict], path: str | os.PathLike) -> Path:
-    """Draw loss, accuracy and learning-rate panels from the lines of metrics.jsonl.
+# (panel title, metrics.jsonl keys drawn in it): the panels of the training-curves figure.
+TRAINING_PANELS = (
+    ("loss", ("train_loss", "val_loss")),
+    ("accuracy", ("train_acc", "val_acc", "ema_val_acc")),
+    ("learning rate", ("lr",)),
+    ("images/s", ("images_per_second",)),
+)
 
-    Each record has "epoch" and any of train_loss, train_acc, val_loss, val_acc, ema_val_acc, lr;
-    missing keys are skipped, records without an epoch are ignored, and lines of the same epoch
-    are merged, a later value winning (as after a resume). A panel with nothing to show says so.
-    """
-    records = _merge_by_epoch(records)
-    fig = Figure(figsize=(15.0, 4.2), layout="constrained")
-    panels = (
-        ("loss", ("train_loss", "val_loss")),
-        ("accuracy", ("train_acc", "val_acc", "ema_val_acc")),
-        ("learning rate", ("lr",)),
-    )
-    for index, (name, keys) in enumerate(panels, start=1):
-        ax = fig.add_subplot(1, len(panels), index)
+
+def training_curves_figure(records: list[dict]) -> Figure:
+    """The figure of `plot_training_curves`, unsaved: one panel per entry of TRAINING_PANELS."""
+    records = merge_by_epoch(records)
+    fig = Figure(figsize=(5.0 * len(TRAINING_PANELS), 4.2), layout="constrained")
+    for index, (name, keys) in enumerate(TRAINING_PANELS, start=1):
+        ax = fig.add_subplot(1, len(TRAINING_PANELS), index)
         plotted = False
         for key in keys:
             xs, ys = _series(records, key)
@@ -170,4 +169,39 @@ def plot_training_curves(records: list[dict], path: str | os.PathLike) -> Path:
             ax.legend(fontsize=8)
         else:
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="grey")
-    return _save(fig, path)
+    return fig
+
+
+def plot_training_curves(records: list[dict], path: str | os.PathLike) -> Path:
+    """Draw loss, accuracy, learning-rate and throughput panels from the lines of metrics.jsonl.
+
+    Each record has "epoch" and any of train_loss, train_acc, val_loss, val_acc, ema_val_acc, lr,
+    images_per_second; missing keys are skipped, records without an epoch are ignored, and lines
+    of the same epoch are merged, a later value winning (as after a resume). A panel with nothing
+    to show says so.
+    """
+    return _save(training_curves_figure(records), path)
+
+
+def image_grid_figure(images: np.ndarray, captions: Sequence[str], columns: int = 8) -> Figure:
+    """uint8 images (k, 3, H, W) in a grid, each drawn pixel for pixel with its caption above it."""
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[1] != 3 or images.dtype != np.uint8:
+        raise DataError(f"the image grid needs uint8 images (k, 3, H, W), got {images.dtype} {images.shape}")
+    if len(captions) != len(images):
+        raise DataError(f"got {len(captions)} captions for {len(images)} images")
+    columns = max(1, min(columns, len(images)))
+    rows = max(1, math.ceil(len(images) / columns))
+    fig = Figure(figsize=(1.9 * columns, 2.2 * rows), layout="constrained")
+    for i, (image, caption) in enumerate(zip(images, captions)):
+        ax = fig.add_subplot(rows, columns, i + 1)
+        ax.imshow(image.transpose(1, 2, 0), interpolation="nearest")   # no smoothing: the real pixels
+        ax.set_title(caption, fontsize=7)
+        ax.set_axis_off()
+    return fig
+
+
+def plot_image_grid(images: np.ndarray, captions: Sequence[str], path: str | os.PathLike,
+                    columns: int = 8) -> Path:
+    """Draw `image_grid_figure` into a PNG file."""
+    return _save(image_grid_figure(images, captions, columns), path)

@@ -21,6 +21,7 @@ from cifarkit.errors import CheckpointError
 from cifarkit.evaluate.loading import load_trained
 from cifarkit.evaluate.metrics import accuracy, evaluation_summary, roc_curves
 from cifarkit.evaluate.plots import plot_confusion_matrix, plot_roc_curves, plot_training_curves
+from cifarkit.evaluate.predictions import save_predictions
 from cifarkit.experiment import Experiment
 from cifarkit.fsio import write_json
 from cifarkit.models.registry import count_parameters
@@ -101,6 +102,7 @@ def _evaluate(run: RunDir, recipe, kinds, data_dir, tta, device, log, experiment
         **run_record(experiment.device),
     }
     write_json(run.summary, summary)
+    save_predictions(run.root, selected, test_probs[selected], test_labels, data.arrays.test_images, data.classes)
     log(f"selected '{selected}' ({summary['selected_by']}): test accuracy {headline:.4f}; wrote {run.summary}")
     return summary
 
