@@ -71,6 +71,18 @@ def _alternating(seed: int) -> Op:
     return run
 
 
+def _per_device(value: Tensor) -> Callable[[torch.device], Tensor]:
+    """`value` on a given device, copied there once: a host-to-device copy on every batch would make
+    the CPU wait for all queued GPU work (the previous training step) before preparing the next batch."""
+    copies: dict[torch.device, Tensor] = {}
+
+    def on(device: torch.device) -> Tensor:
+        if device not in copies:
+            copies[device] = value.to(device)
+        return copies[device]
+    return on
+
+
 def build_augment(cfg: AugmentConfig, mean: tuple[float, float, float], seed: int = 0) -> AugmentPipeline | None:
     """The per-image augmentation of `cfg`, or None when it asks for none.
 
@@ -78,7 +90,7 @@ def build_augment(cfg: AugmentConfig, mean: tuple[float, float, float], seed: in
     per-index bits of the alternating flip.
     """
     cfg.validate()
-    fill = torch.tensor([float(m) for m in mean])
+    fill_on = _per_device(torch.tensor([float(m) for m in mean]))
     steps: list[_Step] = []
 
     def add(name: str, run: Op) -> None:
@@ -106,9 +118,9 @@ def build_augment(cfg: AugmentConfig, mean: tuple[float, float, float], seed: in
         add("perspective", lambda x, g, e, i: geometric.random_perspective(x, cfg.perspective, cfg.perspective_p, g))
     if cfg.erasing_p > 0:
         add("erasing", lambda x, g, e, i: erasing.random_erasing(
-            x, cfg.erasing_p, cfg.erasing_scale, cfg.erasing_ratio, fill.to(x.device), g))
+            x, cfg.erasing_p, cfg.erasing_scale, cfg.erasing_ratio, fill_on(x.device), g))
     if cfg.cutout > 0:
-        add("cutout", lambda x, g, e, i: erasing.cutout(x, cfg.cutout, fill.to(x.device), g))
+        add("cutout", lambda x, g, e, i: erasing.cutout(x, cfg.cutout, fill_on(x.device), g))
     if cfg.resize_schedule:
         add("resize", _progressive_resize(cfg.resize_schedule))
     if not steps:
