@@ -25,7 +25,15 @@ def resolve_device(name: str) -> torch.device:
         raise DeviceError("--device cuda was asked for, but no CUDA GPU is available here; use --device cpu")
     if name not in ("cpu",) and not name.startswith("cuda"):
         raise DeviceError(f"unknown device '{name}'; use auto, cpu or cuda")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DeviceError(f"unknown device '{name}'; use auto, cpu or cuda") from None
+    # An index past the last GPU would otherwise fail deep inside the first copy, with a traceback.
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise DeviceError(f"'{name}' was asked for, but this machine has {torch.cuda.device_count()} CUDA "
+                          "GPU(s), numbered from 0")
+    return device
 
 
 def git_commit() -> str | None:
@@ -85,8 +93,12 @@ def hardware(device: torch.device | str = "cpu") -> dict:
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
+        # Compute capability and cuDNN version decide which kernels run; cudnn.benchmark whether
+        # convolution algorithms were timed (in the warm-up) or picked by heuristics.
         info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
-                    gpu_count=torch.cuda.device_count(), cuda=torch.version.cuda)
+                    gpu_capability=f"{props.major}.{props.minor}", gpu_count=torch.cuda.device_count(),
+                    cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
+                    cudnn_benchmark=bool(torch.backends.cudnn.benchmark))
     return info
 
 
