@@ -45,6 +45,7 @@ except ImportError as e:        # a machine without cifarkit's dependencies: say
 # Targets of the project's GPU issue; seed002's accuracy as published for the reference system.
 TIME_TARGET_S = {"fast94": 1.8, "fast95": 5.0, "fast96": 60.0}
 AUGMENT_SHARE_TARGET, SEED002_PUBLISHED, BUDGET_PARAMS = 0.10, 0.9556, 5_000_000
+STEPS = ("pytest-cuda", "bench-fast94", "bench-fast95", "bench-fast96", "throughput", "train-seed002")
 
 
 # --- running and reading the results -------------------------------------------------------------
@@ -212,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="tiny sizes, the same steps and files")
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs",
                         help="where seed002's run with its weights goes (default runs/; DIR gets its small files)")
+    parser.add_argument("--only", nargs="+", metavar="STEP", choices=STEPS,
+                        help=f"run only these steps (of {', '.join(STEPS)}), e.g. seed002 in a later GPU window")
     parser.add_argument("--unverified-data", dest="verified", action="store_false",
                         help="with --dry-run: synthetic data, its format checked but not its content")
     args = parser.parse_args(argv)
@@ -252,7 +255,10 @@ def main(argv: list[str] | None = None) -> int:
     if not all(modules.values()):
         print(f"gpu_check: not installed here: {', '.join(m for m, found in modules.items() if not found)}")
     steps.extend(make_plan(args, models, counts, speed))
-    if not modules["pytest"]:
+    for step in steps:
+        if args.only and step.name not in args.only:
+            skip(step, "not asked for (--only)")
+    if not modules["pytest"] and steps[0].status == "planned":
         skip(steps[0], "pytest is not installed here")
     fit_plan(steps, args.budget_s - (time.monotonic() - t0))
     print(f"plan for {args.budget_s:.0f} s on {device} ({source}, x{ASSUMED_UTILISATION} assumed):")

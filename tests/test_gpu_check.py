@@ -94,6 +94,17 @@ def test_a_tiny_budget_skips_every_step_and_says_why(small_cifar, tmp_path):
     assert not list(out.glob("*.log"))
 
 
+def test_only_runs_the_steps_asked_for(small_cifar, tmp_path):
+    out = tmp_path / "check"
+    result = gpu_check("--data-dir", small_cifar, "--out", out, "--device", "cpu", "--dry-run", "--unverified-data",
+                       "--only", "throughput", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    status = json.loads((out / "status.json").read_text())
+    assert [s["status"] for s in status["plan"]] == ["skipped"] * 4 + ["done", "skipped"]
+    assert status["plan"][0]["note"] == "not asked for (--only)" and list(status["results"]) == ["throughput"]
+    assert (out / "throughput.json").is_file() and not (out / "bench-fast94.json").exists()
+
+
 # --- the data check ------------------------------------------------------------------------------
 
 def test_synthetic_data_is_refused_unless_declared(small_cifar, tmp_path):
