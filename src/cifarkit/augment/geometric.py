@@ -166,9 +166,9 @@ def _pixel_centres(h: int, w: int, offset_x: float, offset_y: float, dtype: torc
 def _half_size(w: int, h: int, like: Tensor) -> Tensor:
     """(1, 2, 1) tensor [w / 2, h / 2] on like's device, filled there: a tensor built from a Python
     list would be a host-to-device copy, which waits for all queued GPU work on every batch."""
-    half = torch.full((1, 2, 1), 0.5 * w, dtype=like.dtype, device=like.device)
-    half[:, 1] = 0.5 * h
-    return half
+    def full(value: float) -> Tensor:
+        return torch.full((1, 1), value, dtype=like.dtype, device=like.device)
+    return torch.stack([full(0.5 * w), full(0.5 * h)], dim=1)
 
 
 def _apply_rows(theta: Tensor, xs: Tensor, ys: Tensor) -> tuple[Tensor, Tensor]:
