@@ -29,19 +29,20 @@ from cifarkit.fsio import write_json
 from cifarkit.runinfo import run_record
 
 
-def random_data(n: int) -> PreparedData:
-    """n random training images of CIFAR's shape (no validation split), 10 classes."""
+def random_data(n: int, n_val: int) -> PreparedData:
+    """n random training images of CIFAR's shape and n_val held out (which the timed steps never
+    touch, but callbacks that validate need), 10 classes."""
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
-    labels = rng.integers(0, 10, n)
+    images = rng.integers(0, 256, (n + n_val, 3, 32, 32), dtype=np.uint8)
+    labels = rng.integers(0, 10, n + n_val)
     arrays = CifarArrays(images, labels, images[:1], labels[:1], [str(i) for i in range(10)], "random")
-    return PreparedData(arrays, np.arange(n), np.arange(0), CIFAR10_MEAN, CIFAR10_STD)
+    return PreparedData(arrays, np.arange(n), np.arange(n, n + n_val), CIFAR10_MEAN, CIFAR10_STD)
 
 
 def measure(recipe_name: str, batch: int, device: torch.device, steps: int, warmup: int) -> dict:
-    recipe = load_recipe(recipe_name, [f"train.batch_size={batch}", f"device={device.type}", "data.val_size=0"])
+    recipe = load_recipe(recipe_name, [f"train.batch_size={batch}", f"device={device.type}"])
     experiment = Experiment(recipe, device=device, log=lambda m: None)
-    experiment.data = random_data(batch * (steps + warmup))
+    experiment.data = random_data(batch * (steps + warmup), 100 if recipe.data.val_size else 0)
     trainer = experiment.build_trainer(run=None, progress=False)
     loader = trainer.train_loader
     loader.set_epoch(0)

@@ -153,6 +153,7 @@ def test_bad_settings():
         DeviceLoader(indexed_images(), labels_for(), batch_size=8, std=(0.2, 0.0, 0.2))
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_device_batches_match_cpu():
     cpu = DeviceLoader(indexed_images(), labels_for(), batch_size=16)

@@ -191,6 +191,7 @@ def test_bad_inputs_raise_clear_errors(images):
         infer(model, [None])
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_autocast_channels_last_matches_cpu(images):
     model = small_net()

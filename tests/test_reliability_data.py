@@ -192,10 +192,13 @@ def test_the_decompressed_stream_is_capped_as_a_whole(tmp_path):
 
 def test_each_member_is_capped_by_what_its_images_need():
     c10, c100 = cifar._LAYOUTS["cifar10"], cifar._LAYOUTS["cifar100"]
-    assert c10.max_bytes("data_batch_1") >= 31_035_704 > c10.max_bytes("data_batch_1") // 2   # official size
-    assert c100.max_bytes("train") >= 155_249_918 and c100.max_bytes("test") >= 31_049_707
+    pixels = 10_000 * 3072
+    # the official file, and a Python 3 protocol-2 re-pickle (bytes as latin-1 text: up to 2 bytes each), fit ...
+    assert c10.max_bytes("data_batch_1") >= max(31_035_704, 2 * pixels + 100_000)
+    assert c10.max_bytes("data_batch_1") < 2.2 * 31_035_704                        # ... and little more
+    assert c100.max_bytes("train") >= 2 * 5 * pixels and c100.max_bytes("test") >= 2 * pixels
     assert c10.max_bytes("batches.meta") <= MiB
-    assert c10.max_total_bytes() < 300 * MiB
+    assert c10.max_total_bytes() < 420 * MiB
 
 
 def test_an_oversized_file_in_an_extracted_folder_is_not_read(editable):

@@ -23,7 +23,15 @@ def resolve_device(name: str) -> torch.device:
         raise DeviceError("--device cuda was asked for, but no CUDA GPU is available here; use --device cpu")
     if name not in ("cpu",) and not name.startswith("cuda"):
         raise DeviceError(f"unknown device '{name}'; use auto, cpu or cuda")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DeviceError(f"unknown device '{name}'; use auto, cpu or cuda") from None
+    # An index past the last GPU would otherwise fail deep inside the first copy, with a traceback.
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise DeviceError(f"'{name}' was asked for, but this machine has {torch.cuda.device_count()} CUDA "
+                          "GPU(s), numbered from 0")
+    return device
 
 
 def check_training_precision(precision: str, device: torch.device) -> None:

@@ -73,8 +73,12 @@ def hardware(device: torch.device | str = "cpu") -> dict:
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
+        # Compute capability and cuDNN version decide which kernels run; cudnn.benchmark whether
+        # convolution algorithms were timed (in the warm-up) or picked by heuristics.
         info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
-                    gpu_count=torch.cuda.device_count(), cuda=torch.version.cuda)
+                    gpu_capability=f"{props.major}.{props.minor}", gpu_count=torch.cuda.device_count(),
+                    cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
+                    cudnn_benchmark=bool(torch.backends.cudnn.benchmark))
     return info
 
 

@@ -163,6 +163,14 @@ def _pixel_centres(h: int, w: int, offset_x: float, offset_y: float, dtype: torc
     return xs, ys
 
 
+def _half_size(w: int, h: int, like: Tensor) -> Tensor:
+    """(1, 2, 1) tensor [w / 2, h / 2] on like's device, filled there: a tensor built from a Python
+    list would be a host-to-device copy, which waits for all queued GPU work on every batch."""
+    def full(value: float) -> Tensor:
+        return torch.full((1, 1), value, dtype=like.dtype, device=like.device)
+    return torch.stack([full(0.5 * w), full(0.5 * h)], dim=1)
+
+
 def _apply_rows(theta: Tensor, xs: Tensor, ys: Tensor) -> tuple[Tensor, Tensor]:
     """(B, 2, 3) matrices applied to homogeneous points (x, y, 1): two (B, h, w) coordinate maps.
 
@@ -202,8 +210,7 @@ def affine(x: Tensor, inverse_matrix: Tensor, interpolation: Interpolation = "ne
     theta = inverse_matrix.to(device=x.device, dtype=x.dtype)
     xs, ys = _pixel_centres(h, w, (1.0 - w) * 0.5, (1.0 - h) * 0.5, x.dtype, x.device)
     # Rescale like torchvision's _affine_grid: input pixel units -> grid_sample's [-1, 1].
-    scale = torch.tensor([0.5 * w, 0.5 * h], dtype=x.dtype, device=x.device).view(1, 2, 1)
-    gx, gy = _apply_rows(theta / scale, xs, ys)
+    gx, gy = _apply_rows(theta / _half_size(w, h, x), xs, ys)
     return sample_grid(x, torch.stack([gx, gy], dim=-1), interpolation, fill)
 
 
@@ -258,8 +265,7 @@ def perspective(x: Tensor, coefficients: Tensor, interpolation: Interpolation = 
     b, _, h, w = x.shape
     coeffs = coefficients.to(device=x.device, dtype=torch.float32).to(x.dtype)
     xs, ys = _pixel_centres(h, w, 0.5, 0.5, x.dtype, x.device)
-    scale = torch.tensor([0.5 * w, 0.5 * h], dtype=x.dtype, device=x.device).view(1, 2, 1)
-    num_x, num_y = _apply_rows(coeffs[:, :6].view(b, 2, 3) / scale, xs, ys)
+    num_x, num_y = _apply_rows(coeffs[:, :6].view(b, 2, 3) / _half_size(w, h, x), xs, ys)
     c = coeffs.view(b, 8, 1, 1)
     denominator = c[:, 6] * xs + c[:, 7] * ys + 1.0
     grid = torch.stack([num_x / denominator - 1.0, num_y / denominator - 1.0], dim=-1)

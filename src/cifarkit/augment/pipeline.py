@@ -73,6 +73,18 @@ def _alternating(seed: int) -> Op:
     return run
 
 
+def _per_device(value: Tensor) -> Callable[[torch.device], Tensor]:
+    """`value` on a given device, copied there once: a host-to-device copy on every batch would make
+    the CPU wait for all queued GPU work (the previous training step) before preparing the next batch."""
+    copies: dict[torch.device, Tensor] = {}
+
+    def on(device: torch.device) -> Tensor:
+        if device not in copies:
+            copies[device] = value.to(device)
+        return copies[device]
+    return on
+
+
 def erasing_fill(cfg: AugmentConfig, mean: tuple[float, float, float],
                  std: tuple[float, float, float] | None) -> Callable[[Tensor, torch.Generator], Tensor]:
     """fill(x01, generator): what erased boxes are painted with, in the [0, 1] space erasing runs in.
@@ -84,15 +96,16 @@ def erasing_fill(cfg: AugmentConfig, mean: tuple[float, float, float],
     if cfg.erasing_fill == "random":
         if std is None:
             raise ConfigError("'augment.erasing_fill: random' needs the normalization std")
-        m = torch.tensor([float(v) for v in mean]).view(1, -1, 1, 1)
-        s = torch.tensor([float(v) for v in std]).view(1, -1, 1, 1)
+        m_on = _per_device(torch.tensor([float(v) for v in mean]).view(1, -1, 1, 1))
+        s_on = _per_device(torch.tensor([float(v) for v in std]).view(1, -1, 1, 1))
 
         def noise(x: Tensor, g: torch.Generator) -> Tensor:
             z = torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
-            return m.to(x.device, x.dtype) + s.to(x.device, x.dtype) * z
+            return m_on(x.device).to(x.dtype) + s_on(x.device).to(x.dtype) * z
         return noise
-    colour = torch.zeros(len(mean)) if cfg.erasing_fill == 0 else torch.tensor([float(v) for v in mean])
-    return lambda x, g: colour.to(x.device)
+    colour_on = _per_device(torch.zeros(len(mean)) if cfg.erasing_fill == 0
+                            else torch.tensor([float(v) for v in mean]))
+    return lambda x, g: colour_on(x.device)
 
 
 def build_augment(cfg: AugmentConfig, mean: tuple[float, float, float], seed: int = 0,
@@ -104,7 +117,7 @@ def build_augment(cfg: AugmentConfig, mean: tuple[float, float, float], seed: in
     bits of the alternating flip.
     """
     cfg.validate()
-    fill = torch.tensor([float(m) for m in mean])
+    fill_on = _per_device(torch.tensor([float(m) for m in mean]))
     erase_fill = erasing_fill(cfg, mean, std)
     slots: dict[str, _Step] = {}
 
@@ -135,7 +148,7 @@ def build_augment(cfg: AugmentConfig, mean: tuple[float, float, float], seed: in
         add("erasing", lambda x, g, e, i: erasing.random_erasing(
             x, cfg.erasing_p, cfg.erasing_scale, cfg.erasing_ratio, erase_fill(x, g), g))
     if cfg.cutout > 0:
-        add("cutout", lambda x, g, e, i: erasing.cutout(x, cfg.cutout, fill.to(x.device), g))
+        add("cutout", lambda x, g, e, i: erasing.cutout(x, cfg.cutout, fill_on(x.device), g))
     if cfg.resize_schedule:
         add("resize", _progressive_resize(cfg.resize_schedule))
     steps = [slots[slot] for slot in cfg.order if slot in slots]
