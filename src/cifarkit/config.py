@@ -316,7 +316,7 @@ def builtin_recipe_text(name: str) -> str:
     path = resources.files("cifarkit") / "recipes" / f"{name}.yaml"
     if not path.is_file():
         names = builtin_recipe_names()
-        hint = nearest(name, names)
+        hint = nearest(name, names, cutoff=0.6)     # a suggestion only when it is a likely typo
         raise ConfigError(f"unknown recipe '{name}'" + (f"; did you mean '{hint}'?" if hint else "")
                           + f" (built-in: {', '.join(names)}; or give a .yaml path)")
     return path.read_text(encoding="utf-8")

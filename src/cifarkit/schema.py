@@ -29,8 +29,9 @@ class _AllowNonFinite:
 ALLOW_NONFINITE = _AllowNonFinite()
 
 
-def nearest(key: str, options) -> str:
-    match = difflib.get_close_matches(key, list(options), n=1, cutoff=0.0)
+def nearest(key: str, options, cutoff: float = 0.0) -> str:
+    """The option most like `key` ("" when none reaches `cutoff`, difflib's similarity ratio)."""
+    match = difflib.get_close_matches(key, list(options), n=1, cutoff=cutoff)
     return match[0] if match else ""
 
 

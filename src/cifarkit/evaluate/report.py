@@ -39,16 +39,16 @@ def evaluate_run(run_dir: str | Path, data_dir=None, *, tta: str | None = None, 
     """
     run = RunDir(run_dir)
     recipe = run.load_recipe()
+    if locked:
+        return _evaluate(run, recipe, data_dir, tta, device, log, experiment, models or {})
+    with run.lock():
+        return _evaluate(run, recipe, data_dir, tta, device, log, experiment, models or {})
+
+
+def _evaluate(run: RunDir, recipe, data_dir, tta, device, log, experiment, models) -> dict:
     kinds = run.available_weights()
     if not kinds:
         raise CheckpointError(f"{run.root} has no trained weights yet; finish (or resume) training first")
-    if locked:
-        return _evaluate(run, recipe, kinds, data_dir, tta, device, log, experiment, models or {})
-    with run.lock():
-        return _evaluate(run, recipe, kinds, data_dir, tta, device, log, experiment, models or {})
-
-
-def _evaluate(run: RunDir, recipe, kinds, data_dir, tta, device, log, experiment, models) -> dict:
     experiment = experiment or Experiment(recipe, device=device, log=log)
     mode = tta or recipe.eval.tta
     start = time.perf_counter()
