@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cifarkit.errors import DataError
+from cifarkit.models.cpu_kernels import conv3x3, max_pool2x2
 from cifarkit.models.specs import FastNetSpec
 from cifarkit.models.trainable import TrainableModel, scaled_group
 
@@ -39,10 +40,15 @@ class FrozenScaleBatchNorm(nn.BatchNorm2d):
 
 
 class DiracConv(nn.Conv2d):
-    """3x3 'same' conv without bias whose first in_channels filters start as the identity."""
+    """3x3 'same' conv without bias whose first in_channels filters start as the identity; with
+    `cpu_kernels`, its weight gradient on small maps comes from `cpu_kernels.conv3x3`."""
 
-    def __init__(self, in_channels: int, out_channels: int):
+    def __init__(self, in_channels: int, out_channels: int, cpu_kernels: bool = False):
         super().__init__(in_channels, out_channels, kernel_size=3, padding="same", bias=False)
+        self.cpu_kernels = cpu_kernels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return conv3x3(x, self.weight) if self.cpu_kernels else super().forward(x)
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
@@ -55,12 +61,13 @@ class ConvGroup(nn.Module):
     first GELU's output is added to the last BN's output before the last GELU."""
 
     def __init__(self, in_channels: int, out_channels: int, convs: int, bn_momentum: float, bn_eps: float,
-                 residual: bool = False, activation=F.gelu):
+                 residual: bool = False, activation=F.gelu, cpu_kernels: bool = False):
         super().__init__()
         self.residual = residual
         self.activation = activation
+        self.cpu_kernels = cpu_kernels
         self.convs = nn.ModuleList(
-            DiracConv(in_channels if i == 0 else out_channels, out_channels) for i in range(convs))
+            DiracConv(in_channels if i == 0 else out_channels, out_channels, cpu_kernels) for i in range(convs))
         self.norms = nn.ModuleList(
             FrozenScaleBatchNorm(out_channels, bn_momentum, bn_eps) for _ in range(convs))
 
@@ -70,7 +77,7 @@ class ConvGroup(nn.Module):
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
             x = conv(x)
             if i == 0:
-                x = F.max_pool2d(x, 2)
+                x = max_pool2x2(x) if self.cpu_kernels else F.max_pool2d(x, 2)
             x = norm(x)
             if self.residual and i == last:
                 x = x + shortcut
@@ -101,7 +108,7 @@ class FastNet(TrainableModel):
         channels = spec.whiten_width
         for width in spec.widths:
             groups.append(ConvGroup(channels, width, spec.convs_per_block, spec.bn_momentum, spec.bn_eps,
-                                    spec.residual, self.activation))
+                                    spec.residual, self.activation, spec.cpu_kernels))
             channels = width
         self.blocks = nn.Sequential(*groups)
         self.head = nn.Linear(channels, num_classes, bias=False)

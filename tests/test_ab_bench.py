@@ -1,0 +1,32 @@
+"""benchmarks/ab_bench.py end to end on tiny synthetic data: both sides run, alternate, and the JSON
+holds what the comparison needs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_ab_bench_alternates_and_records_both_sides(fake_cifar, tmp_path):
+    tiny = ["data.verify=false", "data.train_subset=64", "train.epochs=1", "train.batch_size=32",
+            "train.micro_batch=0", "model.widths=[8,16,16]"]
+    out = tmp_path / "ab.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "ab_bench.py"), "--recipe", "fast94", "--baseline", "HEAD",
+               "--seeds", "2", "--device", "cpu", "--data-dir", str(fake_cifar), "--json", str(out),
+               *[a for o in tiny for a in ("--set-both", o)], "--set", "train.label_smoothing=0.1"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line.split(" seed")[0] for line in result.stdout.splitlines() if " seed " in line]
+    assert lines == ["baseline", "new", "new", "baseline"]
+    ab = json.loads(out.read_text())
+    assert [r["seed"] for r in ab["baseline"]["runs"]] == [r["seed"] for r in ab["new"]["runs"]] == [0, 1]
+    assert ab["new"]["recipe_resolved"]["train"]["label_smoothing"] == 0.1
+    assert ab["baseline"]["recipe_resolved"]["train"]["label_smoothing"] == 0.2
+    ratio = ab["new"]["seconds"]["median"] / ab["baseline"]["seconds"]["median"]
+    assert ab["median_seconds_ratio_new_over_baseline"] == ratio
+    assert ab["bf16_matmul_gflops"]["before"] > 0 and ab["bf16_matmul_gflops"]["after"] > 0
+    assert 0 < ab["new_training_flops_share_of_yardstick"]
