@@ -24,7 +24,7 @@ from typing import Iterator
 import yaml
 
 from cifarkit.config import Recipe, dump_recipe, recipe_diff, recipe_from_dict, recipe_to_dict
-from cifarkit.errors import CheckpointError, ConfigError, OutputError
+from cifarkit.errors import CheckpointError, ConfigError, DataError, OutputError
 from cifarkit.fsio import read_jsonl, write_text
 
 WEIGHT_KINDS = ("final", "best", "ema", "swa")
@@ -124,16 +124,19 @@ class RunDir:
             return {}
         return info if isinstance(info, dict) else {}
 
-    def read_summary(self) -> dict:
-        """summary.json as written by `cifarkit evaluate`."""
+    def read_summary(self, missing_ok: bool = False) -> dict | None:
+        """summary.json as written by `cifarkit evaluate` (None when it is missing and `missing_ok`)."""
         if not self.summary.is_file():
+            if missing_ok:
+                return None
             raise CheckpointError(f"{self.root} has no summary.json; run `cifarkit evaluate {self.root}` first")
         try:
             summary = json.loads(self.summary.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise CheckpointError(f"{self.summary} is not valid JSON; run `cifarkit evaluate {self.root}` again") from None
+            raise DataError(f"{self.summary} is not valid JSON; run `cifarkit evaluate {self.root}` to write it "
+                            "again") from None
         if not isinstance(summary, dict):
-            raise CheckpointError(f"{self.summary} does not hold an evaluation summary")
+            raise DataError(f"{self.summary} does not hold a JSON object")
         return summary
 
     @contextlib.contextmanager

@@ -35,18 +35,6 @@ class RunData:
     notes: dict[str, str] = field(default_factory=dict)   # section -> why it is left out
 
 
-def _read_json(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise DataError(f"{path} is not valid JSON; run `cifarkit evaluate {path.parent}` to write it again") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{path} does not hold a JSON object")
-    return data
-
-
 def load_run(path, label: str) -> RunData:
     """Everything the report needs from one run directory; missing parts become notes, not errors."""
     run = RunDir(path)
@@ -58,8 +46,8 @@ def load_run(path, label: str) -> RunData:
         raise DataError(f"{run.recipe_path} is not valid YAML") from None
     if not isinstance(recipe, dict):
         raise DataError(f"{run.recipe_path} does not hold a recipe")
-    data = RunData(run.root, label, recipe, _read_json(run.summary), merge_by_epoch(run.read_metrics()),
-                   _read_json(run.run_json), None)
+    data = RunData(run.root, label, recipe, run.read_summary(missing_ok=True), merge_by_epoch(run.read_metrics()),
+                   run.read_run_info() or None, None)
     if data.summary is None:
         data.notes["evaluation"] = (f"This run has not been evaluated yet (no summary.json): "
                                     f"`cifarkit evaluate {run.root}` adds the test results.")
