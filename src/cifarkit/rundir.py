@@ -9,7 +9,6 @@ runs/<name>/
   summary.json         every evaluation number (written by `cifarkit evaluate`)
   plots/*.png          confusion matrices, ROC curves, training curves
   tensorboard/         TensorBoard event files of the training curves
-  .lock                held (flock) by the process that trains or evaluates the run
 """
 
 from __future__ import annotations
@@ -102,13 +101,10 @@ class RunDir:
         return stale
 
     def remove_empty(self) -> None:
-        """Remove the run folder when it holds nothing but its lock file and empty subfolders (a
-        start that failed before writing anything)."""
-        lock = self.root / ".lock"
-        leftovers = [p for p in self.root.rglob("*") if p != lock and not p.is_dir()] if self.root.is_dir() else []
-        if leftovers:
+        """Remove the run folder when it holds nothing but empty subfolders (a start that failed
+        before writing anything)."""
+        if not self.root.is_dir() or any(not p.is_dir() for p in self.root.rglob("*")):
             return
-        lock.unlink(missing_ok=True)
         for folder in sorted((p for p in self.root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
             folder.rmdir()
         self.root.rmdir()
@@ -143,22 +139,22 @@ class RunDir:
     def lock(self) -> Iterator[None]:
         """Hold an exclusive lock on the run for the duration: a second process that trains,
         resumes or evaluates the same run is refused with one line instead of interleaving its
-        files. The lock is an flock on `.lock`, so it dies with its process (no stale locks)."""
+        files. The lock is an flock on the directory itself, so it writes nothing and dies with
+        its process (no stale locks)."""
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            handle = open(self.root / ".lock", "a+")
+            fd = os.open(self.root, os.O_RDONLY)
         except OSError as e:
             raise OutputError(f"cannot write to {self.root}: {e.strerror or e}") from None
-        with handle:
+        try:
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise RunLockedError(f"{self.root} is in use by another cifarkit process (training or "
                                      "evaluating it); wait for it to finish") from None
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+            yield
+        finally:
+            os.close(fd)                     # closing releases the lock
 
 
 def check_writable(directory: Path) -> None:
