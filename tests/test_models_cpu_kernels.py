@@ -86,3 +86,75 @@ def test_conv3x3_leaves_large_maps_and_inference_to_torch(monkeypatch):
     assert calls == []
     conv3x3(batch((2, 4, 7, 7)), w)
     assert len(calls) == 1
+
+
+def frozen_bn(channels: int):
+    from cifarkit.models.fastnet import FrozenScaleBatchNorm
+    norm = FrozenScaleBatchNorm(channels, momentum=0.6, eps=1e-12)
+    with torch.no_grad():
+        norm.bias.copy_(torch.randn(channels, generator=torch.Generator().manual_seed(5)))
+        norm.running_var.fill_(2.0)
+    return norm
+
+
+@pytest.mark.parametrize("shape", [(8, 16, 7, 7), (4, 8, 15, 15)])
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_batch_norm_gelu_matches_batchnorm_then_gelu(shape, dtype, tol):
+    import copy
+
+    from cifarkit.models.cpu_kernels import batch_norm_gelu
+    ours_bn = frozen_bn(shape[1])
+    ref_bn = copy.deepcopy(ours_bn)
+    x = (3 * batch(shape, seed=6) + 1).to(dtype).contiguous(memory_format=torch.channels_last).requires_grad_()
+    ref_x = x.detach().clone().requires_grad_()
+    ours = batch_norm_gelu(x, ours_bn)
+    ref = F.gelu(ref_bn(ref_x))
+    assert ours.dtype == dtype and ours.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(ours.float(), ref.float(), rtol=tol, atol=tol)
+    grad = batch(shape, seed=7, dtype=dtype)
+    ours.backward(grad)
+    ref.backward(grad)
+    torch.testing.assert_close(x.grad.float(), ref_x.grad.float(), rtol=tol, atol=tol)
+    torch.testing.assert_close(ours_bn.bias.grad, ref_bn.bias.grad, rtol=tol, atol=tol * shape[0])
+    for name in ("running_mean", "running_var"):
+        torch.testing.assert_close(getattr(ours_bn, name), getattr(ref_bn, name), rtol=1e-4, atol=1e-4)
+    assert ours_bn.num_batches_tracked == ref_bn.num_batches_tracked == 1
+
+
+def test_batch_norm_gelu_in_eval_mode_is_torchs():
+    from cifarkit.models.cpu_kernels import batch_norm_gelu
+    norm = frozen_bn(4).eval()
+    x = batch((2, 4, 5, 5))
+    assert torch.equal(batch_norm_gelu(x, norm), F.gelu(norm(x)))
+
+
+def fastnet_gradients(kernels: bool, precision: str, eval_check: bool = False):
+    from cifarkit.models.fastnet import FastNet
+    from cifarkit.models.specs import FastNetSpec
+    torch.manual_seed(0)
+    net = FastNet(FastNetSpec(widths=[16, 32, 32], cpu_kernels=kernels)).to(memory_format=torch.channels_last)
+    net.prepare(batch((32, 3, 32, 32), seed=8))
+    x, y = batch((64, 3, 32, 32), seed=9), torch.arange(64) % 10
+    with torch.no_grad():
+        logits = net.eval()(x)
+    net.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        loss = F.cross_entropy(net(x).float(), y)
+    loss.backward()
+    return logits, {n: p.grad for n, p in net.named_parameters() if p.grad is not None}, list(net.buffers())
+
+
+def test_fastnet_with_cpu_kernels_is_the_same_model_and_trains_the_same_to_rounding():
+    plain_logits, plain, plain_buffers = fastnet_gradients(False, "fp32")
+    fast_logits, fast, fast_buffers = fastnet_gradients(True, "fp32")
+    assert torch.equal(plain_logits, fast_logits)                 # inference takes PyTorch's path
+    for name in plain:                                              # in float32: the same gradients
+        torch.testing.assert_close(fast[name], plain[name], rtol=1e-5, atol=1e-6, msg=name)
+    for a, b in zip(plain_buffers, fast_buffers):                   # and BN running statistics
+        torch.testing.assert_close(b.float(), a.float(), rtol=1e-5, atol=1e-6)
+    # In bf16 both paths round, at different points: each is as close to the float32 gradient.
+    _, torch_bf16, _ = fastnet_gradients(False, "bf16")
+    _, kernels_bf16, _ = fastnet_gradients(True, "bf16")
+    for name, truth in plain.items():
+        error = lambda g: ((g - truth).norm() / truth.norm()).item()   # noqa: E731
+        assert error(kernels_bf16[name]) < max(1.5 * error(torch_bf16[name]), 0.02), name

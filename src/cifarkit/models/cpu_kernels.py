@@ -12,8 +12,14 @@ Both keep PyTorch's forward pass and change only how the backward pass is comput
   through 8-byte indices. Forward values and gradients equal `F.max_pool2d(x, 2)`'s exactly (ties
   go to the first corner in row order, as PyTorch's CPU kernel does).
 
-The weight gradient of `conv3x3` sums the same products in another order, so it equals oneDNN's
-to rounding, not bit for bit (tests/test_models_cpu_kernels.py bounds the difference).
+- `batch_norm_gelu`: training-mode BatchNorm with its scale frozen at 1 followed by GELU, as two
+  compiled loops forward (statistics; normalize and activate) and two backward, instead of five
+  separate passes over the activations each way (PyTorch's inductor writes the loops; the first
+  call per shape compiles them, a few seconds).
+
+The weight gradient of `conv3x3` sums the same products in another order, and `batch_norm_gelu`
+computes in float32 what PyTorch's bf16 kernels round in between, so both equal PyTorch's to
+rounding, not bit for bit (tests/test_models_cpu_kernels.py bounds the differences).
 """
 
 from __future__ import annotations
@@ -114,4 +120,71 @@ def max_pool2x2(x: Tensor) -> Tensor:
     return _MaxPool2x2.apply(x)
 
 
-__all__ = ["IM2COL_MAX_PIXELS", "conv3x3", "max_pool2x2"]
+_SQRT_HALF = 0.7071067811865476            # 1 / sqrt(2)
+_INV_SQRT_TWO_PI = 0.3989422804014327      # 1 / sqrt(2 pi)
+
+
+def _bn_gelu_forward(x: Tensor, bias: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    xf = x.float()
+    var, mean = torch.var_mean(xf, dim=(0, 2, 3), correction=0, keepdim=True)
+    rstd = torch.rsqrt(var + eps)
+    y = (xf - mean) * rstd + bias.view(1, -1, 1, 1)
+    out = 0.5 * y * (1.0 + torch.erf(y * _SQRT_HALF))
+    return out.to(x.dtype), mean.flatten(), var.flatten(), rstd.flatten()
+
+
+def _bn_gelu_backward(grad: Tensor, x: Tensor, bias: Tensor, mean: Tensor, rstd: Tensor) -> tuple[Tensor, Tensor]:
+    shape = (1, -1, 1, 1)
+    xhat = (x.float() - mean.view(shape)) * rstd.view(shape)
+    y = xhat + bias.view(shape)
+    slope = 0.5 * (1.0 + torch.erf(y * _SQRT_HALF)) + y * torch.exp(-0.5 * y * y) * _INV_SQRT_TWO_PI
+    grad_y = grad.float() * slope
+    count = x.numel() // x.shape[1]
+    grad_bias = grad_y.sum(dim=(0, 2, 3))
+    grad_xhat_mean = (grad_y * xhat).sum(dim=(0, 2, 3)) / count
+    grad_x = rstd.view(shape) * (grad_y - (grad_bias / count).view(shape) - xhat * grad_xhat_mean.view(shape))
+    return grad_x.to(x.dtype), grad_bias
+
+
+_compiled: dict[str, object] = {}
+
+
+def _kernel(name: str, fn):
+    """`fn` compiled once per process (inductor, fixed shapes: a fast94 run has three)."""
+    if name not in _compiled:
+        _compiled[name] = torch.compile(fn, dynamic=False)
+    return _compiled[name]
+
+
+class _BatchNormGELU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, bias: Tensor, running_mean: Tensor, running_var: Tensor, momentum: float,
+                eps: float) -> Tensor:
+        out, mean, var, rstd = _kernel("bn_gelu_forward", _bn_gelu_forward)(x, bias, eps)
+        with torch.no_grad():                      # as BatchNorm2d in training: the unbiased variance
+            count = x.numel() // x.shape[1]
+            running_mean.lerp_(mean, momentum)
+            running_var.lerp_(var * (count / max(count - 1, 1)), momentum)
+        ctx.save_for_backward(x, bias, mean, rstd)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, bias, mean, rstd = ctx.saved_tensors
+        grad = grad.contiguous(memory_format=torch.channels_last) if _channels_last(x) else grad.contiguous()
+        grad_x, grad_bias = _kernel("bn_gelu_backward", _bn_gelu_backward)(grad, x, bias, mean, rstd)
+        return grad_x, grad_bias if ctx.needs_input_grad[1] else None, None, None, None, None
+
+
+def batch_norm_gelu(x: Tensor, norm: torch.nn.BatchNorm2d) -> Tensor:
+    """F.gelu(norm(x)) for a BatchNorm whose weight is frozen at 1, fused on CPU training batches
+    (PyTorch's path in eval mode, without gradients or off the CPU)."""
+    if (x.device.type != "cpu" or not norm.training or not torch.is_grad_enabled() or norm.weight.requires_grad
+            or not bool((norm.weight == 1).all())):
+        return F.gelu(norm(x))
+    norm.num_batches_tracked.add_(1)
+    with torch.autocast("cpu", enabled=False):
+        return _BatchNormGELU.apply(x, norm.bias, norm.running_mean, norm.running_var, norm.momentum, norm.eps)
+
+
+__all__ = ["IM2COL_MAX_PIXELS", "conv3x3", "max_pool2x2", "batch_norm_gelu"]

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cifarkit.errors import DataError
-from cifarkit.models.cpu_kernels import conv3x3, max_pool2x2
+from cifarkit.models.cpu_kernels import batch_norm_gelu, conv3x3, max_pool2x2
 from cifarkit.models.specs import FastNetSpec
 from cifarkit.models.trainable import TrainableModel, scaled_group
 
@@ -78,10 +78,12 @@ class ConvGroup(nn.Module):
             x = conv(x)
             if i == 0:
                 x = max_pool2x2(x) if self.cpu_kernels else F.max_pool2d(x, 2)
-            x = norm(x)
             if self.residual and i == last:
-                x = x + shortcut
-            x = self.activation(x)
+                x = self.activation(norm(x) + shortcut)
+            elif self.cpu_kernels and self.activation is F.gelu:
+                x = batch_norm_gelu(x, norm)
+            else:
+                x = self.activation(norm(x))
             if i == 0:
                 shortcut = x
         return x
