@@ -9,7 +9,8 @@ from torch.optim import lr_scheduler
 
 from cifarkit.config import TrainConfig
 from cifarkit.errors import ConfigError
-from cifarkit.train.optim import LRSchedule, Muon, build_optimizer, orthogonalize, swa_start_epoch
+from cifarkit.train.muon import Muon, orthogonalize
+from cifarkit.train.optim import LRSchedule, build_optimizer, swa_start_epoch
 
 
 def tiny_net() -> nn.Module:

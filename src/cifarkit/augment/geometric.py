@@ -1,4 +1,6 @@
 """Batched geometric augmentation with per-image randomness: crop, flip, rotation, perspective.
+(About 300 lines: the crop, affine and perspective kernels share their window and grid helpers,
+which is why they stay in one module.)
 
 Every function takes a float batch x of shape (B, C, H, W) with values in [0, 1], on any device,
 and draws its randomness from an explicit `torch.Generator` on that device. Parameters follow

@@ -1,9 +1,12 @@
 """CIFAR-10/100 from the official "python version": find, download, read, check, decode.
 
 The batches are read straight out of the .tar.gz (exact member names only, regular files only,
-each capped at what its images need: data/archive.py) or out of an extracted folder, unpickled with the restricted unpickler, checked for
-shape, dtype and label range, and -- for CIFAR-10 -- verified by the SHA-256 of the decoded pixels
-and labels, which holds for any faithful copy whatever its container bytes.
+each capped at what its images need: data/archive.py) or out of an extracted folder, unpickled
+with the restricted unpickler, checked for shape, dtype and label range, and -- for CIFAR-10 --
+verified by the SHA-256 of the decoded pixels and labels, which holds for any faithful copy
+whatever its container bytes. (Longer than most modules: finding a copy, reading it and checking
+it field by field are one path that every command goes through, kept together; the download and
+the archive reader live in download.py and archive.py.)
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from cifarkit.config import TrainConfig
 from cifarkit.errors import ConfigError
+from cifarkit.train.muon import Muon
 
 # torch.optim.lr_scheduler.OneCycleLR defaults, which reference 001 used unchanged.
 ONECYCLE_DIV_FACTOR = 25.0
@@ -95,93 +96,10 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, param_groups: dict | Non
                                nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "muon":
-        if cfg.nesterov and (cfg.momentum <= 0 or (cfg.muon_momentum is not None and cfg.muon_momentum <= 0)):
-            raise ConfigError("'train.nesterov' needs 'train.momentum' (and 'train.muon_momentum') > 0")
-        return Muon(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, dampening=cfg.dampening,
-                    weight_decay=cfg.weight_decay)
-    raise ConfigError(f"unknown 'train.optimizer' '{cfg.optimizer}'; choose sgd, adamw or muon")
-
-
-# -- Muon ----------------------------------------------------------------------------------------
-
-def orthogonalize(g: Tensor, steps: int = 5, eps: float = 1e-7) -> Tensor:
-    """Approximate U V^T of g = U S V^T by a quintic Newton-Schulz iteration (Muon's zeroth power).
-
-    The coefficients (3.4445, -4.7750, 2.0315) trade exactness for speed: singular values land
-    roughly in [0.7, 1.2] rather than exactly at 1, which is what Muon needs.
-    """
-    a, b, c = 3.4445, -4.7750, 2.0315
-    x = g.bfloat16() if g.is_cuda else g.float()
-    x = x / (x.norm() + eps)           # top singular value <= 1
-    tall = x.size(0) > x.size(1)
-    if tall:
-        x = x.T
-    for _ in range(steps):
-        gram = x @ x.T
-        x = a * x + (b * gram + c * gram @ gram) @ x
-    if tall:
-        x = x.T
-    return x.to(g.dtype)
-
-
-class Muon(torch.optim.Optimizer):
-    """Muon on groups with `muon=True` (conv filters), plain SGD on the rest, in one optimizer.
-
-    Muon groups (as in airbench94_muon): momentum buffer b = m*b + g; update direction g + m*b
-    (nesterov) or b; the weight is rescaled to norm sqrt(out_channels) (so weight decay has no
-    effect there and is skipped); then p -= lr * orthogonalize(direction reshaped to (out, -1)).
-    Other groups follow torch.optim.SGD exactly (coupled weight decay, dampening, nesterov).
-    """
-
-    def __init__(self, params, lr: float = 0.1, momentum: float = 0.9, nesterov: bool = False,
-                 dampening: float = 0.0, weight_decay: float = 0.0, muon: bool = False, ns_steps: int = 5):
-        defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, dampening=dampening,
-                        weight_decay=weight_decay, muon=muon, ns_steps=ns_steps)
-        super().__init__(params, defaults)
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if group["muon"]:
-                    self._muon_step(p, group)
-                else:
-                    self._sgd_step(p, group)
-        return loss
-
-    def _muon_step(self, p: Tensor, group: dict) -> None:
-        g, m = p.grad, group["momentum"]
-        state = self.state[p]
-        buf = state.get("momentum_buffer")
-        if buf is None:
-            buf = state["momentum_buffer"] = torch.zeros_like(g)
-        buf.mul_(m).add_(g)
-        direction = g.add(buf, alpha=m) if group["nesterov"] else buf
-        p.mul_(math.sqrt(p.size(0)) / p.norm().clamp_min(1e-12))
-        update = orthogonalize(direction.reshape(p.size(0), -1), group["ns_steps"]).view_as(p)
-        p.add_(update, alpha=-group["lr"])
-
-    def _sgd_step(self, p: Tensor, group: dict) -> None:
-        g = p.grad
-        if group["weight_decay"]:
-            g = g.add(p, alpha=group["weight_decay"])
-        m = group["momentum"]
-        if m:
-            state = self.state[p]
-            buf = state.get("momentum_buffer")
-            if buf is None:
-                buf = state["momentum_buffer"] = g.detach().clone()
-            else:
-                buf.mul_(m).add_(g, alpha=1 - group["dampening"])
-            g = g.add(buf, alpha=m) if group["nesterov"] else buf
-        p.add_(g, alpha=-group["lr"])
+    if cfg.nesterov and (cfg.momentum <= 0 or (cfg.muon_momentum is not None and cfg.muon_momentum <= 0)):
+        raise ConfigError("'train.nesterov' needs 'train.momentum' (and 'train.muon_momentum') > 0")
+    return Muon(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, dampening=cfg.dampening,
+                weight_decay=cfg.weight_decay)                                                  # muon
 
 
 # -- learning-rate schedule ----------------------------------------------------------------------
@@ -268,9 +186,7 @@ class LRSchedule:
             return cfg.min_lr + (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * frac)) / 2
         if cfg.schedule == "linear":
             return cfg.lr + (cfg.min_lr - cfg.lr) * frac
-        if cfg.schedule == "constant":
-            return cfg.lr
-        raise ConfigError(f"unknown 'train.schedule' '{cfg.schedule}'; choose cosine, onecycle, step, constant or linear")
+        return cfg.lr                                                   # constant
 
     def _onecycle(self, step: int, start: float, peak: float, end: float) -> float:
         if step <= self._phase1_end:
@@ -310,4 +226,4 @@ class LRSchedule:
         return lr
 
 
-__all__ = ["build_optimizer", "LRSchedule", "Muon", "orthogonalize", "swa_start_epoch"]
+__all__ = ["build_optimizer", "LRSchedule", "swa_start_epoch"]
