@@ -36,8 +36,9 @@ def without_nproc(argv: list[str]) -> list[str]:
     return out
 
 
-def launch(nproc: int, rank_args: list[str]) -> int:
-    """Run `python -m cifarkit RANK_ARGS...` as `nproc` ranks here; returns 0 when every rank did."""
+def launch(nproc: int, rank_args: list[str], *, entry: tuple[str, ...] = ("-m", "cifarkit")) -> int:
+    """Run `python ENTRY RANK_ARGS...` (`python -m cifarkit ...`) as `nproc` ranks here; returns 0
+    when every rank did."""
     if launched():
         raise ConfigError("--nproc starts torchrun itself; under torchrun leave it out")
     if nproc < 1:
@@ -48,7 +49,7 @@ def launch(nproc: int, rank_args: list[str]) -> int:
 
     # torchrun gives every rank one thread unless told otherwise: on CPUs, share the cores instead.
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    args = parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", "cifarkit", *rank_args])
+    args = parse_args(["--standalone", f"--nproc-per-node={nproc}", *entry, *rank_args])
     try:
         run(args)
     except SignalException as e:

@@ -169,10 +169,7 @@ class RunningStatsMerge:
         dist.all_gather(gathered, local)
         keep = torch.cat([torch.full((2 * m.num_features,), 1.0 - m.momentum, dtype=torch.float64,
                                      device=local.device) for m in self.norms])
-        value = self.start
-        for pieces, theirs in zip(self.pieces, gathered):
-            decay = keep ** pieces
-            value = decay * value + (theirs - decay * self.start)
+        value = replay(self.start, gathered, self.pieces, keep)
         offset = 0
         for m in self.norms:
             for t in (m.running_mean, m.running_var):
@@ -181,4 +178,14 @@ class RunningStatsMerge:
             m.num_batches_tracked.add_(sum(self.pieces) - self.pieces[self.world.rank])
 
 
-__all__ = ["ParallelStep", "RunningStatsMerge", "uses_sync_bn", "normalized_images"]
+def replay(start: torch.Tensor, ends: list[torch.Tensor], pieces: list[int], keep: torch.Tensor) -> torch.Tensor:
+    """Running statistics after every rank's updates in rank order: rank j turned `start` into
+    `ends[j]` with `pieces[j]` updates r <- keep r + (1 - keep) s."""
+    value = start
+    for count, end in zip(pieces, ends):
+        decay = keep ** count
+        value = decay * value + (end - decay * start)
+    return value
+
+
+__all__ = ["ParallelStep", "RunningStatsMerge", "replay", "uses_sync_bn", "normalized_images"]
