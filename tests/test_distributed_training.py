@@ -228,3 +228,23 @@ def test_the_other_rank_exits_with_one_line_when_a_rank_dies_or_hangs(fake_cifar
     assert waited < 60
     if how == "hangs":
         assert "within 5 s" in lines[0] and waited >= 4
+
+
+# -- the scaling bench ----------------------------------------------------------------------------
+
+def test_bench_nproc_times_the_recipe_alone_and_on_each_number_of_processes(fake_cifar, tmp_path):
+    """The mechanics of `cifarkit bench --nproc 2` on the CPU: a plain process, then 1 and 2 ranks
+    under torchrun, each a complete bench, side by side in one JSON (the speeds mean nothing here)."""
+    command = [sys.executable, "-m", "cifarkit", "bench", *cli_args(fake_cifar), "--set", "train.epochs=1",
+               "--seeds", "1", "--nproc", "2", "--out", "scaling.json"]
+    done = run(command, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "scaling.json").read_text())
+    assert [row["processes"] for row in result["scaling"]] == ["plain", 1, 2]
+    assert [r["processes"] for r in result["runs"].values()] == [1, 1, 2]
+    assert all(row["train_images_per_second"] > 0 for row in result["scaling"])
+    assert result["ddp_one_rank_vs_plain"] == pytest.approx(result["scaling"][1]["train_images_per_second"]
+                                                            / result["scaling"][0]["train_images_per_second"])
+    assert len({json.dumps(r["recipe_resolved"]) for r in result["runs"].values()}) == 1
+    assert [r["steps"] for r in result["runs"]["2"]["runs"]] == [4]             # the global batch: same steps
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scaling.json"]

@@ -164,7 +164,9 @@ def cmd_train(args) -> int:
         recipe = _load(args.recipe or DEFAULT_RECIPE, args.overrides + extra)
         run_dir = Path(args.out) if args.out else default_run_dir(recipe)
     if args.nproc is not None:       # the recipe is checked once, here; then torchrun starts the ranks
-        from cifarkit.train.launch import launch, without_nproc
+        from cifarkit.device import resolve_device
+        from cifarkit.train.launch import check_nproc, launch, without_nproc
+        check_nproc(resolve_device(recipe.device), args.nproc)
         if not args.resume:
             RunDir(run_dir).check_new()
         return launch(args.nproc, without_nproc(args.argv))
@@ -232,6 +234,17 @@ def cmd_download(args) -> int:
 def cmd_bench(args) -> int:
     from cifarkit.bench import run_benchmark
     extra = [f"device={args.device}"] if args.device else []
+    if args.nproc is not None:
+        from cifarkit.bench_scaling import run_scaling
+        from cifarkit.device import resolve_device
+        from cifarkit.train.launch import check_nproc, without_nproc, without_option
+        recipe = _load(args.recipe or DEFAULT_RECIPE, args.overrides + extra)
+        device = resolve_device(recipe.device)
+        check_nproc(device, args.nproc)
+        out = Path(args.out) if args.out else Path("benchmarks") / "results" / f"{recipe.name}-{device.type}-scaling.json"
+        run_scaling(args.nproc, without_option(without_nproc(args.argv), "--out")[1:], out=out, recipe_name=recipe.name,
+                    device=device)
+        return 0
     run_benchmark(args.recipe or DEFAULT_RECIPE, seeds=args.seeds, overrides=args.overrides + extra,
                   data_dir=args.data_dir, out=args.out, first_seed=args.first_seed)
     return 0
@@ -352,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     _device_arg(p)
     p.add_argument("--data-dir", help="CIFAR archive or folder (default: $CIFARKIT_DATA, then ./data)")
     p.add_argument("--out", help="JSON path (default: benchmarks/results/<recipe>-<device>.json)")
+    p.add_argument("--nproc", type=int, metavar="N",
+                   help="time the recipe as one process and on 1, 2, 4, ... N processes (GPUs; torchrun), "
+                        "images/s side by side in <recipe>-<device>-scaling.json")
     p.set_defaults(func=cmd_bench)
     return parser
 

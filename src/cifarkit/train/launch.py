@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import signal
 
-from cifarkit.errors import CifarkitError, ConfigError
+from cifarkit.errors import CifarkitError, ConfigError, DeviceError
 from cifarkit.train.distributed import launched
 from cifarkit.train.interrupt import Interrupted
 
@@ -23,37 +23,53 @@ class RankFailed(CifarkitError):
         self.exit_code = exit_code
 
 
-def without_nproc(argv: list[str]) -> list[str]:
-    """The command line a rank runs: the launcher's, without `--nproc N` / `--nproc=N`."""
+def without_option(argv: list[str], option: str) -> list[str]:
+    """`argv` without `OPTION VALUE` and `OPTION=VALUE` (a rank's command is its launcher's without --nproc)."""
     out, skip = [], False
-    for i, arg in enumerate(argv):
+    for arg in argv:
         if skip:
             skip = False
-        elif arg == "--nproc":
+        elif arg == option:
             skip = True
-        elif not arg.startswith("--nproc="):
+        elif not arg.startswith(option + "="):
             out.append(arg)
     return out
+
+
+def without_nproc(argv: list[str]) -> list[str]:
+    return without_option(argv, "--nproc")
+
+
+def check_nproc(device, nproc: int) -> None:
+    """Refuse, before any process starts, what `launch` cannot do: fewer than one process, a
+    launch from inside a rank, more processes than this machine has GPUs (one GPU each)."""
+    import torch
+    if launched():
+        raise ConfigError("--nproc starts torchrun itself; under torchrun leave it out")
+    if nproc < 1:
+        raise ConfigError(f"--nproc must be at least 1, got {nproc}")
+    if device.type == "cuda" and nproc > torch.cuda.device_count():
+        raise DeviceError(f"--nproc {nproc} needs {nproc} CUDA GPUs, but this machine has {torch.cuda.device_count()}")
 
 
 def launch(nproc: int, rank_args: list[str], *, entry: tuple[str, ...] = ("-m", "cifarkit")) -> int:
     """Run `python ENTRY RANK_ARGS...` (`python -m cifarkit ...`) as `nproc` ranks here; returns 0
     when every rank did."""
-    if launched():
-        raise ConfigError("--nproc starts torchrun itself; under torchrun leave it out")
-    if nproc < 1:
-        raise ConfigError(f"--nproc must be at least 1, got {nproc}")
+    import torch
+    check_nproc(torch.device("cpu"), nproc)       # the GPUs were counted by the command, with its device
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
     # torchrun gives every rank one thread unless told otherwise: on CPUs, share the cores instead.
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    threads_given = "OMP_NUM_THREADS" in os.environ
+    if not threads_given:
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
     args = parse_args(["--standalone", f"--nproc-per-node={nproc}", *entry, *rank_args])
     try:
         run(args)
     except SignalException as e:
-        raise Interrupted(int(e.sigval), f"every rank stopped after the same step ({nproc} processes)") from None
+        raise Interrupted(int(e.sigval), f"passed on to the {nproc} processes, which stopped") from None
     except ChildFailedError as e:
         rank, failure = e.get_first_failure()
         code = failure.exitcode
@@ -61,7 +77,10 @@ def launch(nproc: int, rank_args: list[str], *, entry: tuple[str, ...] = ("-m", 
             name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
             raise RankFailed(f"rank {rank} of {nproc} was killed by {name}", 128 - code) from None
         raise RankFailed(f"rank {rank} of {nproc} exited with code {code} (its error is above)", code or 1) from None
+    finally:
+        if not threads_given:
+            del os.environ["OMP_NUM_THREADS"]
     return 0
 
 
-__all__ = ["launch", "without_nproc", "RankFailed"]
+__all__ = ["launch", "without_nproc", "without_option", "check_nproc", "RankFailed"]
