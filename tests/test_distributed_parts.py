@@ -94,13 +94,13 @@ def test_replayed_running_statistics_equal_one_process_updating_piece_after_piec
     for p in pieces:
         one(p)
     ends = []
-    for rank_pieces in (pieces[:2], pieces[2:4], pieces[4:]):          # three ranks, two pieces each
+    for rank_pieces in (pieces[:1], pieces[1:4], pieces[4:]):          # three ranks: 1, 3 and 2 pieces
         bn = nn.BatchNorm2d(3, momentum=0.4)
         bn.running_mean.fill_(0.3)
         for p in rank_pieces:
             bn(p)
         ends.append(torch.cat([bn.running_mean, bn.running_var]).double())
-    merged = replay(start, ends, [2, 2, 2], torch.full((6,), 0.6, dtype=torch.float64))
+    merged = replay(start, ends, [1, 3, 2], torch.full((6,), 0.6, dtype=torch.float64))
     expected = torch.cat([one.running_mean, one.running_var]).double()
     assert torch.allclose(merged, expected, rtol=0, atol=1e-6)
     assert not torch.allclose(ends[-1], expected, atol=1e-3)      # one rank alone is not the answer
@@ -148,3 +148,10 @@ def test_nproc_is_refused_under_torchrun_and_below_one(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="under torchrun"):
         launch(2, ["train"])
+
+
+def test_cumulative_batchnorm_cannot_be_merged_and_says_what_to_do():
+    from cifarkit.train.parallel import RunningStatsMerge
+    model = nn.Sequential(nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3, momentum=None))
+    with pytest.raises(ConfigError, match="train.sync_bn=true"):
+        RunningStatsMerge(model, World(rank=0, size=2, distributed=True), [1, 1])

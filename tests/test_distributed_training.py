@@ -125,6 +125,20 @@ def test_per_rank_batchnorm_is_far_outside_the_tolerance(fake_cifar, tmp_path, o
     assert max_difference(single, per_rank, counters=False) > 1e-2 > 100 * TOLERANCE
 
 
+def test_host_sync_batchnorm_on_two_halves_is_batchnorm_on_the_whole_batch(tmp_path):
+    """The CPU SyncBatchNorm (torch's runs on GPUs only): outputs, gradients and running
+    statistics (exponential and cumulative averages, as SWA's recalibration uses) of two ranks
+    holding half a batch each, against one BatchNorm over the whole batch."""
+    done = torchrun(str(TESTS / "distributed_batchnorm.py"), str(tmp_path / "bn"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for rank in (0, 1):
+        report = json.loads((tmp_path / f"bn.rank{rank}.json").read_text())
+        for momentum in ("0.1", "None"):
+            assert report[momentum]["output"] < 1e-5            # values of magnitude ~3 after the first conv
+            assert report[momentum]["gradients"] < 1e-5         # relative to each gradient's largest entry
+            assert report[momentum]["running"] < 1e-5
+
+
 # -- the command line: one run directory, interrupted and resumed ------------------------------
 
 @pytest.fixture(scope="module")

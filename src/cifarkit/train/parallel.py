@@ -137,27 +137,29 @@ def _ddp(model: nn.Module, device: torch.device) -> nn.Module:
 class RunningStatsMerge:
     """BatchNorm running statistics as one process would have left them after a step.
 
-    One process applies the pieces' updates in order, r <- (1 - m) r + m s_k. Rank j applies only
-    its p_j pieces to the statistics R the step began with, leaving b_j = (1 - m)^p_j R + c_j. Going
-    through the ranks in order, v <- (1 - m)^p_j v + (b_j - (1 - m)^p_j R) rebuilds the sequence
-    of all pieces; every rank computes it from the same gathered values, in float64.
+    One process applies the pieces' updates in order, r <- k r + (1 - k) s_i (k = 1 - momentum).
+    Rank j applies only its p_j pieces to the statistics R the step began with, leaving
+    E_j = d_j R + c_j with d_j = k^p_j. Taking the ranks in order, v <- d_j v + (E_j - d_j R) rebuilds
+    the sequence of all pieces (`replay`); every rank computes it from the same gathered values,
+    in float64, as one weighted sum whose weights depend only on k and the p_j.
     """
 
     def __init__(self, model: nn.Module, world: World, pieces_per_rank: list[int]):
         self.world, self.pieces = world, pieces_per_rank
         self.norms = batch_norms(model)
-        cumulative = [m for m in self.norms if m.momentum is None]
-        if cumulative:
+        if any(m.momentum is None for m in self.norms):
             raise ConfigError("a BatchNorm with momentum None (a cumulative average) cannot be merged across "
                               "processes; set train.sync_bn=true")
+        self.buffers = [t for m in self.norms for t in (m.running_mean, m.running_var)]
+        self.sizes = [t.numel() for t in self.buffers]
         self.start: torch.Tensor | None = None
+        self.weights = None
 
     def _flat(self) -> torch.Tensor:
-        return torch.cat([t.detach().to(torch.float64).flatten()
-                          for m in self.norms for t in (m.running_mean, m.running_var)])
+        return torch.cat([t.detach().flatten() for t in self.buffers]).to(torch.float64)
 
     def remember(self) -> None:
-        self.start = self._flat() if self.norms else None
+        self.start = self._flat() if self.buffers else None
 
     @torch.no_grad()
     def merge(self) -> None:
@@ -167,25 +169,36 @@ class RunningStatsMerge:
         local = self._flat()
         gathered = [torch.empty_like(local) for _ in range(self.world.size)]
         dist.all_gather(gathered, local)
-        keep = torch.cat([torch.full((2 * m.num_features,), 1.0 - m.momentum, dtype=torch.float64,
-                                     device=local.device) for m in self.norms])
-        value = replay(self.start, gathered, self.pieces, keep)
-        offset = 0
+        if self.weights is None:
+            keep = torch.cat([torch.full((2 * m.num_features,), 1.0 - m.momentum, dtype=torch.float64)
+                              for m in self.norms]).to(local.device)
+            self.weights = replay_weights(self.pieces, keep)
+        ends, start_weight = self.weights
+        value = (ends * torch.stack(gathered)).sum(0) + start_weight * self.start
+        torch._foreach_copy_(self.buffers, [v.view_as(t) for v, t in zip(value.split(self.sizes), self.buffers)])
         for m in self.norms:
-            for t in (m.running_mean, m.running_var):
-                t.copy_(value[offset:offset + t.numel()].view_as(t))
-                offset += t.numel()
             m.num_batches_tracked.add_(sum(self.pieces) - self.pieces[self.world.rank])
+
+
+def replay_weights(pieces: list[int], keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weights (W, n) of the ranks' ends and (n) of the start in `replay`: unrolling
+    v <- d_j v + (E_j - d_j R) gives v = sum_j C_j E_j + (prod_j d_j - sum_j C_j d_j) R, where
+    C_j = prod_{i > j} d_i."""
+    decays = torch.stack([keep ** count for count in pieces])           # d_j
+    later = torch.ones_like(keep)
+    ends = []
+    for d in reversed(decays):
+        ends.append(later)
+        later = later * d
+    ends = torch.stack(ends[::-1])                                       # C_j
+    return ends, later - (ends * decays).sum(0)
 
 
 def replay(start: torch.Tensor, ends: list[torch.Tensor], pieces: list[int], keep: torch.Tensor) -> torch.Tensor:
     """Running statistics after every rank's updates in rank order: rank j turned `start` into
     `ends[j]` with `pieces[j]` updates r <- keep r + (1 - keep) s."""
-    value = start
-    for count, end in zip(pieces, ends):
-        decay = keep ** count
-        value = decay * value + (end - decay * start)
-    return value
+    weights, start_weight = replay_weights(pieces, keep)
+    return (weights * torch.stack(ends)).sum(0) + start_weight * start
 
 
-__all__ = ["ParallelStep", "RunningStatsMerge", "replay", "uses_sync_bn", "normalized_images"]
+__all__ = ["ParallelStep", "RunningStatsMerge", "replay", "replay_weights", "uses_sync_bn", "normalized_images"]
