@@ -105,6 +105,7 @@ class ParallelStep:
 
     def pieces(self, x: torch.Tensor, targets: torch.Tensor):
         """(images, targets, gradient sync context, loss weight) of each of this rank's pieces."""
+        self.forward_module()           # the DDP wrapper whose no_sync() the pieces but the last use
         cuts = self.bounds(len(x))
         last = len(cuts) - 2
         for i, (a, b) in enumerate(zip(cuts, cuts[1:])):
