@@ -155,3 +155,10 @@ def test_cumulative_batchnorm_cannot_be_merged_and_says_what_to_do():
     model = nn.Sequential(nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3, momentum=None))
     with pytest.raises(ConfigError, match="train.sync_bn=true"):
         RunningStatsMerge(model, World(rank=0, size=2, distributed=True), [1, 1])
+
+
+def test_run_json_names_a_rank_started_as_python_dash_m_cifarkit():
+    """torchrun starts each rank as `python -m cifarkit train ...`, whose argv[0] is __main__.py."""
+    from cifarkit.train.run import command_line
+    argv = ["/opt/venvs/x/lib/python3.11/site-packages/cifarkit/__main__.py", "train", "--recipe", "fast94"]
+    assert command_line(argv) == "cifarkit train --recipe fast94"

@@ -23,8 +23,12 @@ from cifarkit.train.distributed import join
 
 def command_line(argv: list[str]) -> str:
     """The command as typed, with the program's name instead of its path: run.json is meant to be
-    shared, and where cifarkit is installed says nothing about the run."""
-    return " ".join([Path(argv[0]).name, *argv[1:]]) if argv else ""
+    shared, and where cifarkit is installed says nothing about the run. `python -m cifarkit` (how
+    torchrun starts each rank) is named `cifarkit` too, not after its __main__.py."""
+    if not argv:
+        return ""
+    name = Path(argv[0]).name
+    return " ".join(["cifarkit" if name == "__main__.py" else name, *argv[1:]])
 
 
 def default_run_dir(recipe: Recipe, runs_root: str | Path = "runs") -> Path:
