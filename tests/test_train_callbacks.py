@@ -276,7 +276,7 @@ def test_duration_and_epoch_line_formats():
 def test_ema_keep_saves_the_average_of_the_deciding_epoch(tmp_path, monkeypatch, keep, ema_accs, live_accs, kept_epoch):
     import cifarkit.train.callbacks.ema as ema_module
     scripted = iter(ema_accs)
-    monkeypatch.setattr(ema_module, "validate", lambda model, loader, precision: (1.0, next(scripted)))
+    monkeypatch.setattr(ema_module, "validate", lambda model, loader, precision, world=None: (1.0, next(scripted)))
     trainer = stand_in_trainer()
     run = RunDir(tmp_path / "run")
     callback = EMACallback(trainer.model, decay=0.5, val_loader=batches(), run=run, keep=keep)

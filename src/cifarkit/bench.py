@@ -5,6 +5,9 @@ starts; the clock covers every training step and the final test-time-augmented e
 the device synchronized before each reading. A warm-up run (kernel selection, torch.compile) is
 timed separately and reported on its own. A bench stopped by SIGINT/SIGTERM writes the seeds that
 finished, marked partial, and exits 130/143.
+
+Under torchrun every rank trains each seed (one data-parallel run) and rank 0 writes the JSON,
+with the number of processes; `cifarkit bench --nproc N` (bench_scaling.py) launches them.
 """
 
 from __future__ import annotations
@@ -19,13 +22,14 @@ import torch
 
 from cifarkit.augment.schedule import resize_size_at
 from cifarkit.config import load_recipe, recipe_to_dict
-from cifarkit.device import synchronize
+from cifarkit.device import resolve_device, synchronize
 from cifarkit.evaluate.metrics import accuracy
 from cifarkit.experiment import Experiment
 from cifarkit.fsio import write_json
 from cifarkit.models.registry import build_model, flops_per_image
 from cifarkit.runinfo import run_record
 from cifarkit.stats import describe, one_sided_p_value
+from cifarkit.train.distributed import World, join
 from cifarkit.train.interrupt import Interrupted
 
 
@@ -73,13 +77,24 @@ class BenchInterrupted(Interrupted):
 def run_benchmark(recipe_name: str, *, seeds: int = 3, overrides: list[str] | None = None, data_dir=None,
                   out=None, first_seed: int = 0, log: Callable[[str], None] = print) -> dict:
     base = load_recipe(recipe_name, overrides)
-    experiment = Experiment(base, log=log)
+    with join(resolve_device(base.device)) as world:
+        return _run_benchmark(base, world, seeds=seeds, data_dir=data_dir, out=out, first_seed=first_seed,
+                              log=log if world.is_main else (lambda message: None))
+
+
+def _run_benchmark(base, world: World, *, seeds: int, data_dir, out, first_seed: int,
+                   log: Callable[[str], None]) -> dict:
+    experiment = Experiment(base, log=log, world=world)
     device = experiment.device
-    experiment.check()
+    world.together(experiment.check)
     record = run_record(device)          # taken before the runs: the commit of the code that runs
-    experiment.load_data(data_dir)
+    record["processes"] = world.size
+    world.together(lambda: experiment.load_data(data_dir) if world.local_rank == 0 else None)
+    world.together(lambda: experiment.load_data(data_dir))
     experiment = experiment.with_recipe(base, log=lambda m: None)     # no per-seed model and augment lines
-    out = Path(out) if out else Path("benchmarks") / "results" / f"{base.name}-{device.type}.json"
+    suffix = f"-x{world.size}" if world.distributed else ""
+    out = Path(out) if out else Path("benchmarks") / "results" / f"{base.name}-{device.type}{suffix}.json"
+    write = write_json if world.is_main else (lambda path, data: None)
 
     speed_before = matmul_gflops(device)
     warm_epochs = warmup_epochs(base)
@@ -96,7 +111,7 @@ def run_benchmark(recipe_name: str, *, seeds: int = 3, overrides: list[str] | No
             result = time_one_seed(experiment.with_seed(seed))
         except Interrupted as stop:
             partial = _result(base, experiment, runs, warmup_seconds, speed_before, None, record)
-            write_json(out, {**partial, "partial": True, "interrupted_at_seed": seed})
+            write(out, {**partial, "partial": True, "interrupted_at_seed": seed})
             done = ", ".join(str(r["seed"]) for r in runs) or "none"
             raise BenchInterrupted(stop.signum, f"bench stopped during seed {seed}; finished seeds: {done}; "
                                                 f"wrote {out} (marked partial)") from None
@@ -105,9 +120,10 @@ def run_benchmark(recipe_name: str, *, seeds: int = 3, overrides: list[str] | No
             f"(train {result['train_seconds']:.2f}s, eval {result['eval_seconds']:.2f}s)")
 
     result = _result(base, experiment, runs, warmup_seconds, speed_before, matmul_gflops(device), record)
-    write_json(out, result)
+    write(out, result)
     a, s = result["accuracy"], result["seconds"]
-    log(f"{base.name} on {device}: accuracy {a['mean']:.4f} +- {a['std']:.4f} over {a['n']} seeds, "
+    processes = f" x {world.size} processes" if world.distributed else ""
+    log(f"{base.name} on {device}{processes}: accuracy {a['mean']:.4f} +- {a['std']:.4f} over {a['n']} seeds, "
         f"median {s['median']:.2f}s; wrote {out}")
     return result
 

@@ -44,6 +44,7 @@ examples:
   cifarkit train --data-dir ../shared/datasets                     # fast94, seed 0
   cifarkit train --recipe seed002 --seed 1 --set train.lr=0.05     # any recipe value can change
   cifarkit train --resume runs/seed002-s1                          # continue after an interruption
+  cifarkit train --recipe fast94 --nproc 4                         # one run on 4 GPUs (DDP via torchrun)
 """,
     "evaluate": """\
 examples:
@@ -76,6 +77,7 @@ examples:
 examples:
   cifarkit bench --recipe fast94 --seeds 5 --device cpu --data-dir ../shared/datasets
   cifarkit bench --recipe fast95 --seeds 25 --device cuda --out results/fast95-gpu.json
+  cifarkit bench --recipe fast94 --seeds 1 --nproc 8       # images/s on 1, 2, 4 and 8 GPUs
 """,
 }
 
@@ -161,8 +163,18 @@ def cmd_train(args) -> int:
     else:
         recipe = _load(args.recipe or DEFAULT_RECIPE, args.overrides + extra)
         run_dir = Path(args.out) if args.out else default_run_dir(recipe)
+    if args.nproc is not None:       # the recipe is checked once, here; then torchrun starts the ranks
+        from cifarkit.device import resolve_device
+        from cifarkit.train.launch import check_nproc, launch, without_nproc
+        check_nproc(resolve_device(recipe.device), args.nproc)
+        if not args.resume:
+            RunDir(run_dir).check_new()
+        return launch(args.nproc, without_nproc(args.argv))
     train_run(recipe, run_dir, data_dir=args.data_dir, resume=bool(args.resume), force=args.force,
               evaluate=not args.no_eval)
+    from cifarkit.train.distributed import is_main_process
+    if not is_main_process():        # under torchrun: rank 0 reports for the run
+        return 0
     from cifarkit.evaluate.html_report import write_report
     write_report([run_dir], Path(run_dir) / "report.html")
     print(f"run directory: {run_dir}")
@@ -222,6 +234,17 @@ def cmd_download(args) -> int:
 def cmd_bench(args) -> int:
     from cifarkit.bench import run_benchmark
     extra = [f"device={args.device}"] if args.device else []
+    if args.nproc is not None:
+        from cifarkit.bench_scaling import run_scaling
+        from cifarkit.device import resolve_device
+        from cifarkit.train.launch import check_nproc, without_nproc, without_option
+        recipe = _load(args.recipe or DEFAULT_RECIPE, args.overrides + extra)
+        device = resolve_device(recipe.device)
+        check_nproc(device, args.nproc)
+        out = Path(args.out) if args.out else Path("benchmarks") / "results" / f"{recipe.name}-{device.type}-scaling.json"
+        run_scaling(args.nproc, without_option(without_nproc(args.argv), "--out")[1:], out=out, recipe_name=recipe.name,
+                    device=device)
+        return 0
     run_benchmark(args.recipe or DEFAULT_RECIPE, seeds=args.seeds, overrides=args.overrides + extra,
                   data_dir=args.data_dir, out=args.out, first_seed=args.first_seed)
     return 0
@@ -267,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     p.add_argument("--force", action="store_true", help="resume even though the recipe changed")
     p.add_argument("--no-eval", action="store_true", help="skip the test-set evaluation after training")
+    p.add_argument("--nproc", type=int, metavar="N",
+                   help="train one run with N processes on this machine (DDP, one GPU each; torchrun starts them)")
     p.set_defaults(func=cmd_train)
 
     p = _parser(sub, "evaluate", "test metrics, TTA, ensembles, plots and summary.json for a run",
@@ -340,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     _device_arg(p)
     p.add_argument("--data-dir", help="CIFAR archive or folder (default: $CIFARKIT_DATA, then ./data)")
     p.add_argument("--out", help="JSON path (default: benchmarks/results/<recipe>-<device>.json)")
+    p.add_argument("--nproc", type=int, metavar="N",
+                   help="time the recipe as one process and on 1, 2, 4, ... N processes (GPUs; torchrun), "
+                        "images/s side by side in <recipe>-<device>-scaling.json")
     p.set_defaults(func=cmd_bench)
     return parser
 
@@ -349,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     if not sys.stdout.isatty() and hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)   # `cifarkit train > log` can be followed live
     args = build_parser().parse_args(argv)
+    args.argv = list(argv)
     try:
         return args.func(args)
     except CifarkitError as e:

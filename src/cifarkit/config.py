@@ -128,6 +128,11 @@ class TrainConfig:
     epochs: int = 30
     batch_size: int = 128
     micro_batch: int = 0                  # split each batch into pieces this big (gradients accumulate); 0 = off
+    # several processes (torchrun): BatchNorm statistics over all ranks' images (SyncBatchNorm).
+    # auto = on exactly when a rank would otherwise normalize fewer images than one process does
+    # (no micro-batching, or micro-batches larger than a rank's share of the batch); off when every
+    # rank's share is a whole number of micro-batches (then each piece is normalized as in one process)
+    sync_bn: Literal["auto", True, False] = "auto"
     optimizer: Literal["sgd", "adamw", "muon"] = "sgd"
     lr: float = 0.1                       # peak learning rate
     momentum: float = 0.9
@@ -187,6 +192,8 @@ class TrainConfig:
         check(self.epochs >= 1, "'train.epochs' must be >= 1")
         check(self.batch_size >= 1, "'train.batch_size' must be >= 1")
         check(0 <= self.micro_batch, "'train.micro_batch' must be >= 0")
+        check(self.sync_bn == "auto" or isinstance(self.sync_bn, bool),
+              f"'train.sync_bn' must be auto, true or false, got {self.sync_bn!r}")
         check(self.lr > 0, "'train.lr' must be positive")
         check(0 <= self.momentum < 1, "'train.momentum' must be in [0, 1)")
         check(0 <= self.dampening < 1, "'train.dampening' must be in [0, 1)")

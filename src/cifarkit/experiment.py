@@ -10,6 +10,10 @@
 `cifarkit train` trains and then evaluates with the same object, so the data is read and verified
 once and the trained models are evaluated from memory; `bench` reuses it across seeds; `evaluate`
 and `predict` use the same loaders and the same inference path.
+
+Under torchrun an experiment is one rank of a `World` (train/distributed.py): it holds the same
+data and builds the same model as every other rank; its trainer computes its share of each batch
+(train/parallel.py); only rank 0 gets the run directory's callbacks and the progress display.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from cifarkit.rundir import RunDir
 from cifarkit.seeding import seed_everything
 from cifarkit.train.callbacks import build_callbacks
 from cifarkit.train.cpu_setup import prepare_cpu_training
+from cifarkit.train.distributed import World
 from cifarkit.train.trainer import Trainer
 
 SPLITS = ("train", "val", "test")
@@ -39,9 +44,12 @@ SPLITS = ("train", "val", "test")
 
 class Experiment:
     def __init__(self, recipe: Recipe, *, device: str | torch.device | None = None,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print, world: World | None = None):
         self.recipe = recipe
+        if world is not None:
+            device = world.device
         self.device = device if isinstance(device, torch.device) else resolve_device(device or recipe.device)
+        self.world = world or World(device=self.device)
         self.log = log
         self.data: PreparedData | None = None
         self._splits: dict[str, tuple[Tensor, Tensor]] = {}
@@ -69,7 +77,7 @@ class Experiment:
         a shorter warm-up run, a sweep trial."""
         if recipe.data != self.recipe.data:
             raise ValueError("with_recipe needs a recipe with the same data section")
-        other = Experiment(recipe, device=self.device, log=self.log if log is None else log)
+        other = Experiment(recipe, device=self.device, log=self.log if log is None else log, world=self.world)
         other.data, other._splits = self.data, self._splits
         return other
 
@@ -135,7 +143,8 @@ class Experiment:
         return model
 
     def build_trainer(self, run: RunDir | None = None, *, progress: bool = True) -> Trainer:
-        """Model, loaders, trainer and callbacks. Without `run` nothing is written (benchmarks)."""
+        """Model, loaders, trainer and callbacks. Without `run` nothing is written (benchmarks);
+        ranks other than 0 write nothing and show no progress."""
         data = self._require_data()
         recipe = self.recipe
         model = self.build_model()
@@ -148,9 +157,11 @@ class Experiment:
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         model.to(self.device, memory_format=memory_format)
         trainer = Trainer(recipe, model, train_loader, device=self.device, num_classes=data.num_classes,
-                          normalization=data.normalization(), log=self.log)
+                          normalization=data.normalization(), log=self.log, world=self.world)
+        main = self.world.is_main
         trainer.callbacks = build_callbacks(recipe, model, train_loader=train_loader, val_loader=val_loader,
-                                            steps_per_epoch=trainer.steps_per_epoch, run=run, progress=progress)
+                                            steps_per_epoch=trainer.steps_per_epoch, run=run if main else None,
+                                            progress=progress and main)
         return trainer
 
     # -- inference -----------------------------------------------------------------------------

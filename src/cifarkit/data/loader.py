@@ -72,9 +72,14 @@ class DeviceLoader:
 
     def iter_from(self, start_batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The current epoch's batches from `start_batch` on (to resume inside an epoch)."""
+        return self.iter_batches(range(start_batch, len(self)))
+
+    def iter_batches(self, numbers: Sequence[int]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The current epoch's batches with these numbers, in the given order (each as the full
+        iteration would give it: one rank's share of an evaluation, a resumed epoch)."""
         epoch = self.epoch
         order = self._order(epoch)
-        for b in range(start_batch, len(self)):
+        for b in numbers:
             lo, hi = b * self.batch_size, min((b + 1) * self.batch_size, self.num_examples)
             if order is None:
                 indices = torch.arange(lo, hi, device=self.device)

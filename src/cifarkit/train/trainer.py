@@ -2,6 +2,10 @@
 
 Everything random is derived from (seed, epoch, batch), so a run resumed from any checkpoint
 replays exactly what the uninterrupted run would have done (bit for bit on CPU).
+
+With several processes (torchrun) each rank runs this same loop on the same global batches; how
+a rank takes its part of a step is `train.parallel.ParallelStep`, and the few numbers the ranks
+must agree on (the batch loss and hits, a stop signal) pass through `train.distributed.World`.
 """
 
 from __future__ import annotations
@@ -21,34 +25,42 @@ from cifarkit.models.trainable import TrainableModel
 from cifarkit.seeding import derive_seed, make_generator
 from cifarkit.train.callbacks import Callback, Checkpoints
 from cifarkit.train.checkpoint import load_weights
+from cifarkit.train.distributed import World
 from cifarkit.train.interrupt import InterruptFlag, Interrupted
 from cifarkit.train.losses import build_loss
 from cifarkit.train.nonfinite import NonFiniteError, NonFiniteGuard
 from cifarkit.train.optim import LRSchedule, build_optimizer
+from cifarkit.train.parallel import ParallelStep
 from cifarkit.train.state import TrainState
 
 
 class Trainer:
     def __init__(self, recipe: Recipe, model: TrainableModel, train_loader, *, device: torch.device,
                  num_classes: int = 10, normalization: dict | None = None,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print, world: World | None = None):
         self.recipe, self.cfg = recipe, recipe.train
         self.model, self.device, self.log = model, device, log
+        self.world = world or World(device=device)
         self.train_loader = train_loader
         self.normalization = normalization or {}
         self.steps_per_epoch = len(train_loader)
         if self.steps_per_epoch == 0:
             raise ConfigError(f"'train.batch_size' {self.cfg.batch_size} is larger than the training split")
+        self.parallel = ParallelStep(model, self.cfg, self.world, log=log)
         self.optimizer = build_optimizer(model, self.cfg, model.param_groups(self.cfg, self.steps_per_epoch))
         self.schedule = LRSchedule(self.cfg, self.steps_per_epoch)
         self.loss_fn = build_loss(self.cfg)
         self.mixer = build_mixer(recipe.augment, num_classes)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.cfg.precision == "fp16")
         self.guard = NonFiniteGuard(self.cfg.on_nonfinite, device, scaled=self.scaler.is_enabled())
-        self.forward = torch.compile(model) if self.cfg.compile else model
         self.callbacks: list[Callback] = []
         self.state = TrainState()
         self.last_loss = torch.zeros((), device=device)
+
+    @property
+    def forward(self):
+        """The model as the step calls it (compiled, and wrapped in DDP when distributed)."""
+        return self.parallel.forward_module()
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -113,11 +125,12 @@ class Trainer:
             correct += hits
             count += y.numel()
             st.batch, st.step = b + 1, st.step + 1
-            if interrupt.signum is not None:
+            signum = self.world.agreed_signal(interrupt.signum)
+            if signum is not None:
                 st.partial = {"loss": loss_sum.item(), "correct": correct.item(), "count": count,
                               "seconds": sums["seconds"] + time.perf_counter() - start}
                 st.train_seconds += time.perf_counter() - start
-                self._stop(interrupt.signum)
+                self._stop(signum)
         synchronize(self.device)
         seconds = sums["seconds"] + time.perf_counter() - start
         st.train_seconds += time.perf_counter() - start
@@ -126,23 +139,27 @@ class Trainer:
                   "train_loss": loss_sum.item() / max(count, 1), "train_acc": correct.item() / max(count, 1),
                   "epoch_seconds": round(seconds, 3), "images_per_second": round(count / max(seconds, 1e-9), 1)}
         self._call("on_epoch_end", epoch, record)
-        if interrupt.signum is not None:           # arrived during validation or the checkpoint write
-            self._stop(interrupt.signum)
+        signum = self.world.agreed_signal(interrupt.signum)
+        if signum is not None:           # arrived during validation or the checkpoint write
+            self._stop(signum)
 
     def _step(self, x, y, epoch: int, batch: int):
         st = self.state
         step = st.step
         lr = self._set_learning_rate(step)
-        torch.manual_seed(derive_seed(self.recipe.seed, "step", step))   # dropout and other global draws
+        # dropout and other global draws; each rank draws its own rows' (not the single process's masks)
+        torch.manual_seed(derive_seed(self.recipe.seed, "step", step, *self.world.stream_key))
         snapshot = self.guard.snapshot(self.model)
         x, targets = self._mix(x, y, step, epoch, batch)
         self.optimizer.zero_grad(set_to_none=True)
-        loss, hits = self._forward_backward(x, targets)
+        self.parallel.before_step()
+        loss, hits = self.world.sum(*self._forward_backward(x, targets))     # the global batch's, on every rank
         grad_norm = self._clip_gradients()
         if not self.guard.finite(step, loss, grad_norm):
             return self._non_finite(step, epoch, lr, snapshot)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self.parallel.after_step()
         self.last_loss = loss
         self._call("on_step_end", step + 1)
         return loss, hits
@@ -167,19 +184,20 @@ class Trainer:
     def _forward_backward(self, x, targets):
         """Gradients of the batch-mean loss, accumulated over micro-batches of `train.micro_batch`
         images (smaller pieces run faster on CPUs; BN then normalizes each piece on its own).
-        Returns the batch loss and the number of correct predictions, both detached."""
-        size = self.cfg.micro_batch or len(x)
+        With several processes this rank computes only its pieces of the batch (`ParallelStep`).
+        Returns this rank's part of the batch loss and its correct predictions, both detached."""
         loss_sum = torch.zeros((), device=self.device)
         hits = torch.zeros((), dtype=torch.int64, device=self.device)
-        for xs, ts in zip(x.split(size), targets.split(size)):
-            with autocast(self.device, self.cfg.precision):
-                logits = self.forward(xs)
-            loss = self.loss_fn(logits.float(), ts) * (len(xs) / len(x))
-            self.scaler.scale(loss).backward()
+        for xs, ts, gradient_sync, weight in self.parallel.pieces(x, targets):
+            with gradient_sync:
+                with autocast(self.device, self.cfg.precision):
+                    logits = self.forward(xs)
+                loss = self.loss_fn(logits.float(), ts) * weight
+                self.scaler.scale(loss).backward()
             loss_sum += loss.detach()
             hard = ts if ts.ndim == 1 else ts.argmax(1)
             hits += (logits.detach().argmax(1) == hard).sum()
-        return loss_sum, hits
+        return loss_sum / self.parallel.size, hits
 
     def _clip_gradients(self):
         if self.cfg.grad_clip <= 0:

@@ -44,7 +44,7 @@ class EMACallback(Callback):
         if self.val_loader is None:
             return
         record["ema_val_loss"], record["ema_val_acc"] = validate(self.ema.module, self.val_loader,
-                                                                 trainer.cfg.precision)
+                                                                 trainer.cfg.precision, getattr(trainer, "world", None))
         # The Validation callback ran before this one; BestModel, which updates best_val_acc, after it.
         deciding = {"at_best": (record.get("val_acc"), trainer.state.best_val_acc),
                     "best": (record["ema_val_acc"], self.kept_val_acc)}.get(self.keep)
