@@ -128,6 +128,23 @@ def test_batch_norm_gelu_in_eval_mode_is_torchs():
     assert torch.equal(batch_norm_gelu(x, norm), F.gelu(norm(x)))
 
 
+def test_batch_norm_gelu_leaves_a_synchronized_batchnorm_its_own_forward():
+    from cifarkit.models.cpu_kernels import batch_norm_gelu
+
+    class CountingBatchNorm(torch.nn.BatchNorm2d):    # stands for HostSyncBatchNorm, a subclass too
+        calls = 0
+
+        def forward(self, x):
+            CountingBatchNorm.calls += 1
+            return super().forward(x)
+
+    norm = CountingBatchNorm(4)
+    norm.weight.requires_grad_(False)
+    x = batch((2, 4, 5, 5)).requires_grad_()
+    batch_norm_gelu(x, norm).sum().backward()
+    assert CountingBatchNorm.calls == 1
+
+
 def fastnet_gradients(kernels: bool, precision: str, eval_check: bool = False):
     from cifarkit.models.fastnet import FastNet
     from cifarkit.models.specs import FastNetSpec

@@ -178,9 +178,10 @@ class _BatchNormGELU(torch.autograd.Function):
 
 def batch_norm_gelu(x: Tensor, norm: torch.nn.BatchNorm2d) -> Tensor:
     """F.gelu(norm(x)) for a BatchNorm whose weight is frozen at 1, fused on CPU training batches
-    (PyTorch's path in eval mode, without gradients or off the CPU)."""
-    if (x.device.type != "cpu" or not norm.training or not torch.is_grad_enabled() or norm.weight.requires_grad
-            or not bool((norm.weight == 1).all())):
+    (PyTorch's path in eval mode, without gradients, off the CPU, or for any other kind of BatchNorm:
+    a synchronized one must compute its statistics over all processes)."""
+    if (type(norm) is not torch.nn.BatchNorm2d or x.device.type != "cpu" or not norm.training
+            or not torch.is_grad_enabled() or norm.weight.requires_grad or not bool((norm.weight == 1).all())):
         return F.gelu(norm(x))
     norm.num_batches_tracked.add_(1)
     with torch.autocast("cpu", enabled=False):
