@@ -123,7 +123,7 @@ def run_sweep(recipe_name: str, space_path: str | Path, trials: int, *, override
     done = len(study.get_trials(deepcopy=False, states=FINISHED))
     log(f"study {name} ({url}): {done} of {trials} trials finished; worker {worker} joins")
     if done < trials:
-        runner = TrialRunner(base, space, folder, name, data_dir=data_dir, device=device, log=log)
+        runner = TrialRunner(base, space, folder, name, data_dir=data_dir, device=device, worker=worker, log=log)
         study.optimize(runner, n_trials=trials - done, gc_after_trial=True,
                        callbacks=[optuna.study.MaxTrialsCallback(trials, states=FINISHED), _log_trial(log)])
     counts = {state.name.lower(): len(study.get_trials(deepcopy=False, states=(state,))) for state in TrialState}

@@ -33,12 +33,14 @@ class TrialRunner:
     """The objective Optuna calls: returns the trial's best per-epoch validation accuracy."""
 
     def __init__(self, base: dict, space: Space, study_dir: Path, study_name: str, *, data_dir=None,
-                 device: str | None = None, log: Callable[[str], None] = print):
+                 device: str | None = None, worker: int = 0, log: Callable[[str], None] = print):
+        self.worker = worker
         self.base, self.space, self.study_dir, self.study_name = base, space, Path(study_dir), study_name
         self.data_dir, self.device, self.log = data_dir, device, log
         self.experiment: Experiment | None = None     # the first trained trial's, holding the data
 
     def __call__(self, trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker", self.worker)
         values = sample(trial, self.space)
         try:
             recipe = recipe_from_dict(trial_recipe_dict(self.base, self.space, values,
