@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -219,8 +220,9 @@ def extreme_values(spec: ParamSpec) -> list[Any]:
 
 
 def scale_stages(spec: ParamSpec, multiplier: float) -> list[int]:
+    """round(multiplier x entry) to the nearest multiple of `multiple_of` (halves up), at least one multiple."""
     unit = spec.multiple_of
-    return [max(unit, int(round(multiplier * v / unit)) * unit) for v in spec.per_stage]
+    return [max(unit, math.floor(multiplier * v / unit + 0.5) * unit) for v in spec.per_stage]
 
 
 def sample(trial, space: Space) -> dict[str, Any]:
