@@ -4,6 +4,7 @@ same parameters (Optuna's heartbeat and RetryHeartbeatStaleTrialCallback), and t
 
 from __future__ import annotations
 
+import signal
 import time
 
 import optuna
@@ -55,3 +56,21 @@ def test_killed_worker_trial_is_failed_and_requeued(fake_cifar, tmp_path):
     assert retried.params == killed.params
     assert (run / "checkpoints" / "last.pt").is_file()   # the killed trial's run can still be resumed
     assert len((tmp_path / "runs" / "hb" / "trial-1" / "metrics.jsonl").read_text().splitlines()) == 40
+
+
+def test_a_stopped_worker_marks_its_trial_failed_and_exits_with_the_signal_code(fake_cifar, tmp_path):
+    write_inputs(tmp_path, TINY_RECIPE, LONG_SPACE)
+    worker = start_worker(tmp_path, sweep_command(fake_cifar, "stop", 2), tmp_path / "worker.log")
+    run = tmp_path / "runs" / "stop" / "trial-0"
+    try:
+        _wait_for(lambda: worker.poll() is None and (run / "metrics.jsonl").is_file(), 300,
+                  "the first epoch: " + (tmp_path / "worker.log").read_text()[-2000:])
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        rc = worker.wait(timeout=120)
+    log = (tmp_path / "worker.log").read_text()
+    assert rc == 143, log[-2000:]
+    assert "cifarkit: error:" in log.splitlines()[-1] and "--resume" in log.splitlines()[-1]
+    trials = optuna.load_study(study_name="stop", storage=f"sqlite:///{tmp_path}/runs/stop/study.db").get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL]
+    assert (run / "checkpoints" / "last.pt").is_file()   # written on the way out: the run can be resumed

@@ -79,8 +79,8 @@ def write_sweep_report(study_name: str, storage: str | None = None, out: str | P
     write_json(out / "trials.json", result)
     log(format_table(rows, params))
     if best is not None:
-        log(f"best: trial {best.number}, val_acc {best.value:.4f}; recipe {out / 'best.yaml'} "
-            f"(cifarkit train --recipe {out / 'best.yaml'})")
+        log(f"best: trial {best.number}, val_acc {best.value:.4f}; its recipe: {out / 'best.yaml'}; test it once "
+            f"with: cifarkit evaluate {best.user_attrs.get('run_dir', 'RUN')}")
     log(f"report: {out}")
     return result
 
