@@ -102,6 +102,9 @@ PLOTS = {
     "parallel.png": "plot_parallel_coordinate",
 }
 
+AXIS_LABELS = {"history.png": ("trial", "validation accuracy"),
+               "intermediate.png": ("epoch", "validation accuracy")}
+
 
 def write_plots(study: optuna.Study, out: Path, log: Callable[[str], None]) -> dict[str, str]:
     """Optuna's matplotlib plots as PNG files; a plot the study cannot have yet (importances need
@@ -116,7 +119,11 @@ def write_plots(study: optuna.Study, out: Path, log: Callable[[str], None]) -> d
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 ax = getattr(ovm, func)(study)
-            figure = (ax.flat[0] if hasattr(ax, "flat") else ax).get_figure()
+            first = ax.flat[0] if hasattr(ax, "flat") else ax
+            if name in AXIS_LABELS:
+                first.set_xlabel(AXIS_LABELS[name][0])
+                first.set_ylabel(AXIS_LABELS[name][1])
+            figure = first.get_figure()
             figure.set_size_inches(10, 6)
             figure.tight_layout()
             figure.savefig(out / name, dpi=100)
