@@ -25,7 +25,7 @@ eval: {tta: none}
 TINY_SPACE = """\
 trial: {epochs: 4}
 sampler: {name: tpe, seed: 0, n_startup_trials: 3}
-pruner: {name: median, n_startup_trials: 1, n_warmup_steps: 0}
+pruner: {name: median, n_startup_trials: 1, warmup_epochs: 0}
 params:
   train.lr: {type: float, low: 0.00001, high: 0.2, log: true}
   model.widths: {type: categorical, choices: [[8, 16], [12, 24], [64, 128]]}

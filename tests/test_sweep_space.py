@@ -146,3 +146,19 @@ def test_pruning_callback_reports_each_epoch_and_stops_when_told():
     stop = OptunaPruning(_Trial(prune=True))
     with pytest.raises(optuna.TrialPruned, match="pruned after epoch 3 \\(val_acc 0.2500\\)"):
         stop.on_epoch_end(None, 2, {"val_acc": 0.25})
+
+
+def test_median_pruner_never_prunes_in_the_warmup_epochs(base):
+    """Steps are 1-based epochs: warmup_epochs 1 protects epoch 1, and a weak trial goes at epoch 2."""
+    s = space(base, {"train.lr": {"type": "float", "low": 0.01, "high": 0.1}},
+              pruner={"name": "median", "n_startup_trials": 1, "warmup_epochs": 1})
+    study = optuna.create_study(direction="maximize", pruner=build_pruner(s, epochs=4))
+    strong = study.ask()
+    for epoch in (1, 2):
+        strong.report(0.9, step=epoch)
+    study.tell(strong, 0.9)
+    weak = study.ask()
+    weak.report(0.1, step=1)
+    assert not weak.should_prune()
+    weak.report(0.1, step=2)
+    assert weak.should_prune()

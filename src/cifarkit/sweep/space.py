@@ -5,7 +5,7 @@
       train_subset: 10000       #   data.train_subset (a class-balanced part of the training split)
       val_size: 5000            #   data.val_size (the objective needs a validation split)
     sampler: {name: tpe, seed: 0, n_startup_trials: 8}         # tpe (default) or random
-    pruner: {name: median, n_startup_trials: 3, n_warmup_steps: 1}   # median, hyperband or none
+    pruner: {name: median, n_startup_trials: 3, warmup_epochs: 1}   # median, hyperband or none
     params:                     # dotted recipe keys -> how to sample them
       train.lr:       {type: float, low: 0.5, high: 4.0, log: true}
       train.label_smoothing: {type: float, low: 0.0, high: 0.3, step: 0.05}
@@ -70,12 +70,12 @@ class SamplerSpec:
 class PrunerSpec:
     name: Literal["median", "hyperband", "none"] = "median"
     n_startup_trials: int = 5                # median: trials that are never pruned
-    n_warmup_steps: int = 0                  # median: epochs before a trial can be pruned
+    warmup_epochs: int = 0                   # median: a trial is never pruned in its first N epochs
     min_resource: int = 1                    # hyperband: epochs of the smallest bracket
     reduction_factor: int = 3                # hyperband
 
     def validate(self) -> None:
-        check(self.n_startup_trials >= 0 and self.n_warmup_steps >= 0, "pruner settings must be >= 0")
+        check(self.n_startup_trials >= 0 and self.warmup_epochs >= 0, "pruner settings must be >= 0")
         check(self.min_resource >= 1, "'pruner.min_resource' must be >= 1")
         check(self.reduction_factor >= 2, "'pruner.reduction_factor' must be >= 2")
 

@@ -91,7 +91,9 @@ def build_sampler(space: Space, worker: int) -> optuna.samplers.BaseSampler:
 def build_pruner(space: Space, epochs: int) -> optuna.pruners.BasePruner:
     cfg = space.pruner
     if cfg.name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=cfg.n_startup_trials, n_warmup_steps=cfg.n_warmup_steps)
+        # Steps are 1-based epochs and Optuna prunes from step n_warmup_steps on: +1 keeps the
+        # first `warmup_epochs` epochs safe.
+        return optuna.pruners.MedianPruner(n_startup_trials=cfg.n_startup_trials, n_warmup_steps=cfg.warmup_epochs + 1)
     if cfg.name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=cfg.min_resource, max_resource=epochs,
                                               reduction_factor=cfg.reduction_factor)
