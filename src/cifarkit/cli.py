@@ -79,6 +79,13 @@ examples:
   cifarkit bench --recipe fast95 --seeds 25 --device cuda --out results/fast95-gpu.json
   cifarkit bench --recipe fast94 --seeds 1 --nproc 8       # images/s on 1, 2, 4 and 8 GPUs
 """,
+    "sweep": """\
+examples:
+  cifarkit sweep --recipe fast --space benchmarks/sweeps/fast-cpu.yaml --trials 20 --data-dir ../shared/datasets
+  cifarkit sweep --report fast-fast-cpu              # table, best.yaml, plots in runs/fast-fast-cpu/report/
+  CUDA_VISIBLE_DEVICES=1 cifarkit sweep --recipe fast94 --space S.yaml --trials 100 \\
+      --study s1 --storage postgresql://USER:PASSWORD@HOST/DB --worker 1    # one worker per GPU
+""",
 }
 
 
@@ -250,6 +257,21 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    if args.report:
+        from cifarkit.sweep.report import write_sweep_report
+        write_sweep_report(args.report, args.storage, args.out)
+        return 0
+    if args.space is None or args.trials is None:
+        args.parser.error("a sweep needs --space and --trials (or --report STUDY)")
+    from cifarkit.sweep.study import run_sweep
+    extra = [f"device={args.device}"] if args.device else []
+    run_sweep(args.recipe or DEFAULT_RECIPE, args.space, args.trials, overrides=args.overrides + extra,
+              storage=args.storage, study_name=args.study, data_dir=args.data_dir, device=args.device,
+              heartbeat=args.heartbeat, worker=args.worker)
+    return 0
+
+
 # -- the parser ----------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -369,6 +391,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="time the recipe as one process and on 1, 2, 4, ... N processes (GPUs; torchrun), "
                         "images/s side by side in <recipe>-<device>-scaling.json")
     p.set_defaults(func=cmd_bench)
+
+    p = _parser(sub, "sweep", "search recipe values with Optuna under the parameter budget; --report a study",
+                "Sample recipe values from SPACE.yaml with Optuna (TPE or random), train each trial into "
+                "runs/<study>/trial-<n>/ and maximize its validation accuracy (the test set is never read); models "
+                "over the budget and weak trials are pruned. Any number of workers may share a study through "
+                "--storage. --report STUDY writes the trials table, the best recipe as YAML and plots.")
+    _recipe_args(p)
+    p.add_argument("--space", help="SPACE.yaml: the values to sample, sampler, pruner, trial settings")
+    p.add_argument("--trials", type=int, help="run until the study has this many finished (complete or pruned) trials")
+    p.add_argument("--study", help="study name (default: <recipe>-<space file name>); trials go to runs/<study>/")
+    p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///runs/<study>/study.db); "
+                                     "postgresql://... for workers on several machines")
+    p.add_argument("--data-dir", help="CIFAR archive or folder (default: $CIFARKIT_DATA, then ./data)")
+    _device_arg(p)
+    p.add_argument("--worker", type=int, default=0, help="this worker's index: added to the sampler's seed (default 0)")
+    p.add_argument("--heartbeat", type=int, default=60,
+                   help="seconds between a worker's signs of life; a trial silent for two is failed and re-queued")
+    p.add_argument("--report", metavar="STUDY", help="write the report of STUDY instead of running trials")
+    p.add_argument("--out", help="with --report: output folder (default: runs/<study>/report)")
+    p.set_defaults(func=cmd_sweep, parser=p)
     return parser
 
 
