@@ -1,0 +1,80 @@
+"""Time one training step of a recipe's variants in one process, alternating, so drift cancels.
+
+    python benchmarks/step_ab.py --recipe fast94 --variant plain= \
+        --variant kernels=model.cpu_kernels=true --json benchmarks/results/step-ab-cpu-kernels.json
+
+Each variant is `NAME=OVERRIDE[,OVERRIDE...]` (recipe overrides, as `--set`). Every variant gets its
+own trainer on the same random images of CIFAR's shape; each round runs one step of each variant in
+turn, and the first round (kernel selection, compilation) is not counted. This measures the step
+alone: no data loading, validation or evaluation (benchmarks/ab_bench.py times whole runs). The
+bf16 matrix-multiply yardstick is taken before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT / "benchmarks")]
+
+import torch  # noqa: E402
+from throughput import random_data  # noqa: E402
+
+from cifarkit.bench import matmul_gflops  # noqa: E402
+from cifarkit.config import load_recipe  # noqa: E402
+from cifarkit.experiment import Experiment  # noqa: E402
+from cifarkit.fsio import write_json  # noqa: E402
+from cifarkit.runinfo import run_record  # noqa: E402
+
+
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    name, sep, overrides = text.partition("=")
+    if not sep or not name:
+        raise SystemExit(f"--variant needs NAME=OVERRIDES (overrides may be empty), got {text!r}")
+    return name, [o for o in overrides.split(",") if o]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", default="fast94")
+    parser.add_argument("--variant", action="append", required=True, help="NAME=OVERRIDE[,OVERRIDE...]")
+    parser.add_argument("--rounds", type=int, default=6, help="rounds counted, after one warm-up round")
+    parser.add_argument("--json", type=Path, required=True)
+    args = parser.parse_args()
+    variants = dict(parse_variant(v) for v in args.variant)
+    trainers = {}
+    for name, overrides in variants.items():
+        recipe = load_recipe(args.recipe, ["device=cpu", *overrides])
+        experiment = Experiment(recipe, device="cpu", log=lambda message: None)
+        experiment.data = random_data(recipe.train.batch_size * (args.rounds + 2), 0)
+        trainer = experiment.build_trainer(progress=False)
+        trainer.train_loader.set_epoch(0)
+        trainers[name] = (trainer, iter(trainer.train_loader))
+    before = matmul_gflops(torch.device("cpu"))
+    seconds = {name: [] for name in variants}
+    for round_ in range(args.rounds + 1):
+        for name, (trainer, batches) in trainers.items():
+            x, y = next(batches)
+            start = time.perf_counter()
+            trainer._step(x, y, 0, round_)
+            trainer.state.step += 1
+            if round_:
+                seconds[name].append(time.perf_counter() - start)
+    after = matmul_gflops(torch.device("cpu"))
+    first = next(iter(variants))
+    medians = {name: statistics.median(s) for name, s in seconds.items()}
+    result = {"recipe": args.recipe, "variants": variants, "rounds": args.rounds,
+              "step_seconds": seconds, "median_step_seconds": medians,
+              f"ratio_to_{first}": {name: m / medians[first] for name, m in medians.items()},
+              "bf16_matmul_gflops": {"before": before, "after": after}, **run_record("cpu")}
+    write_json(args.json, result)
+    for name, m in medians.items():
+        print(f"{name}: median step {m:.3f} s ({m / medians[first]:.3f} x {first})")
+
+
+if __name__ == "__main__":
+    main()
