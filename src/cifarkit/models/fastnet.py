@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cifarkit.errors import DataError
-from cifarkit.models.cpu_kernels import batch_norm_gelu, conv3x3, max_pool2x2
+from cifarkit.models.cpu_kernels import conv3x3
 from cifarkit.models.specs import FastNetSpec
 from cifarkit.models.trainable import TrainableModel, scaled_group
 
@@ -65,7 +65,6 @@ class ConvGroup(nn.Module):
         super().__init__()
         self.residual = residual
         self.activation = activation
-        self.cpu_kernels = cpu_kernels
         self.convs = nn.ModuleList(
             DiracConv(in_channels if i == 0 else out_channels, out_channels, cpu_kernels) for i in range(convs))
         self.norms = nn.ModuleList(
@@ -77,11 +76,9 @@ class ConvGroup(nn.Module):
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
             x = conv(x)
             if i == 0:
-                x = max_pool2x2(x) if self.cpu_kernels else F.max_pool2d(x, 2)
+                x = F.max_pool2d(x, 2)
             if self.residual and i == last:
                 x = self.activation(norm(x) + shortcut)
-            elif self.cpu_kernels and self.activation is F.gelu:
-                x = batch_norm_gelu(x, norm)
             else:
                 x = self.activation(norm(x))
             if i == 0:

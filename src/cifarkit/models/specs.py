@@ -85,9 +85,9 @@ class FastNetSpec:
     bn_momentum: float = 0.6
     bn_eps: float = 1e-12
     activation: Literal["gelu", "silu"] = "gelu"   # silu as the hiverge speed run (no faster on CPUs: benchmarks/)
-    # cifarkit's CPU training kernels (models/cpu_kernels.py): the 3x3 convs' weight gradient on small
-    # maps, the 2x2 max-pools, BatchNorm + GELU fused; the same model, faster training on CPUs; no
-    # effect on GPUs or in inference
+    # cifarkit's CPU training kernel (models/cpu_kernels.py): the 3x3 convs' weight gradient on small
+    # maps as one matrix multiply; the same model, faster training on CPUs; no effect on GPUs or in
+    # inference
     cpu_kernels: bool = False
 
     def validate(self) -> None:
