@@ -39,8 +39,8 @@ def bench_once(src: Path, recipe: str, seed: int, args, out: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(src / "src")}
     command = [sys.executable, "-m", "cifarkit", "bench", "--recipe", recipe, "--seeds", "1", "--first-seed",
                str(seed), "--device", args.device, "--out", str(out)]
-    if args.data_dir:
-        command += ["--data-dir", args.data_dir]
+    if args.data_dir:          # absolute: each side runs in its own tree's directory
+        command += ["--data-dir", str(Path(args.data_dir).resolve())]
     for override in args.set:
         command += ["--set", override]
     subprocess.run(command, env=env, check=True, cwd=src)
