@@ -7,17 +7,13 @@ Each variant is `NAME=OVERRIDE[,OVERRIDE...]` (recipe overrides, as `--set`). Ev
 own trainer on the same random images of CIFAR's shape; each round runs one step of each variant in
 turn, and the first round (kernel selection, compilation) is not counted. This measures the step
 alone: no data loading, validation or evaluation (benchmarks/ab_bench.py times whole runs). The
-bf16 matrix-multiply yardstick is taken before and after, and the minor page faults per step.
-
-`--mmap-threshold BYTES` sets glibc's mmap and trim thresholds for the whole process first
-(mallopt), so large tensors reuse heap memory instead of fresh pages: compare two runs, with and
-without, for what first-touch page faults cost a step.
+bf16 matrix-multiply yardstick is taken before and after, and the minor page faults of each step
+(train/cpu_setup.py keeps freed memory so that steps do not fault in fresh pages).
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import resource
 import statistics
 import sys
@@ -49,14 +45,8 @@ def main() -> None:
     parser.add_argument("--recipe", default="fast94")
     parser.add_argument("--variant", action="append", required=True, help="NAME=OVERRIDE[,OVERRIDE...]")
     parser.add_argument("--rounds", type=int, default=6, help="rounds counted, after one warm-up round")
-    parser.add_argument("--mmap-threshold", type=int, help="glibc M_MMAP_THRESHOLD (at most 32 MiB)")
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args()
-    if args.mmap_threshold is not None:
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        if not (libc.mallopt(m_mmap_threshold, args.mmap_threshold) and libc.mallopt(m_trim_threshold, 1 << 30)):
-            raise SystemExit(f"glibc refused mmap threshold {args.mmap_threshold} (at most 32 MiB)")
     variants = dict(parse_variant(v) for v in args.variant)
     trainers = {}
     for name, overrides in variants.items():
@@ -83,7 +73,7 @@ def main() -> None:
     first = next(iter(variants))
     medians = {name: statistics.median(s) for name, s in seconds.items()}
     result = {"recipe": args.recipe, "variants": variants, "rounds": args.rounds,
-              "mmap_threshold": args.mmap_threshold, "minor_page_faults_per_step": faults,
+              "minor_page_faults_per_step": faults,
               "step_seconds": seconds, "median_step_seconds": medians,
               f"ratio_to_{first}": {name: m / medians[first] for name, m in medians.items()},
               "bf16_matmul_gflops": {"before": before, "after": after}, **run_record("cpu")}
