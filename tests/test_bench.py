@@ -57,7 +57,7 @@ def test_bench_records_work_speed_and_where_it_ran(bench_json):
 
 
 @pytest.mark.parametrize("result, recipe", [("fast94-cpu.json", "fast94"), ("fast94-cpu-seed3.json", "fast94"),
-                                            ("fast94-cpu-C.json", "fast94"),
+                                            ("fast94-cpu-C.json", "fast94"), ("fast94-ab-cpu.json", "fast94"),
                                             ("fast94-sgd-cpu-db86576.json", "fast94-sgd")])
 def test_committed_results_belong_to_the_recipes_of_that_name(result, recipe):
     """The README quotes these files for these recipes: what ran must be what the recipe says now
@@ -68,7 +68,8 @@ def test_committed_results_belong_to_the_recipes_of_that_name(result, recipe):
     from pathlib import Path
 
     from cifarkit.config import load_recipe, recipe_from_dict, recipe_to_dict
-    ran = json.loads((Path(__file__).parents[1] / "benchmarks" / "results" / result).read_text())["recipe_resolved"]
+    ran = json.loads((Path(__file__).parents[1] / "benchmarks" / "results" / result).read_text())
+    ran = ran["new"]["recipe_resolved"] if "new" in ran else ran["recipe_resolved"]    # an A/B bench: its new side
     ran = recipe_to_dict(recipe_from_dict(ran))
     now = recipe_to_dict(load_recipe(recipe, ["device=cpu"]))
     for key in ("name", "description"):
@@ -76,6 +77,18 @@ def test_committed_results_belong_to_the_recipes_of_that_name(result, recipe):
     for resolved in (ran, now):
         resolved["model"].pop("cpu_kernels", None)
     assert ran == now
+
+
+def test_the_cpu_speed_ab_bench_compared_fast94_with_its_kernels_against_the_baseline_without():
+    """The README's A/B row: the new side ran fast94 as it is now (cpu_kernels on), the baseline
+    side fast94 before the kernels existed."""
+    from pathlib import Path
+
+    from cifarkit.config import load_recipe
+    ab = json.loads((Path(__file__).parents[1] / "benchmarks" / "results" / "fast94-ab-cpu.json").read_text())
+    assert ab["new"]["recipe_resolved"]["model"]["cpu_kernels"] is True and load_recipe("fast94").model.cpu_kernels
+    assert "cpu_kernels" not in ab["baseline"]["recipe_resolved"]["model"]
+    assert ab["baseline_commit"] == "71143e1" and len(ab["new"]["runs"]) == len(ab["baseline"]["runs"]) == 3
 
 
 def test_warm_up_covers_every_epoch_where_a_compiled_graph_changes():
