@@ -53,7 +53,7 @@ def subcommands():
 
 
 @pytest.mark.parametrize("name", ["recipes", "summary", "train", "evaluate", "report", "predict", "export",
-                                  "download", "bench"])
+                                  "download", "bench", "sweep"])
 def test_every_command_has_a_description_help_on_every_option_and_examples(name):
     parser = subcommands()[name]
     assert parser.description and len(parser.description) > 60
@@ -61,6 +61,17 @@ def test_every_command_has_a_description_help_on_every_option_and_examples(name)
     for action in parser._actions:
         if action.option_strings and action.dest != "help":
             assert action.help, f"{name} {action.option_strings} has no help text"
+
+
+def test_files_the_examples_name_are_in_the_repository():
+    from pathlib import Path
+
+    from cifarkit.cli_help import EXAMPLES
+    root = Path(__file__).resolve().parents[1]
+    named = [word for text in EXAMPLES.values() for word in text.split() if word.startswith("benchmarks/")]
+    assert named, "the examples name no repository file: this test checks nothing"
+    for path in named:
+        assert (root / path).exists(), path
 
 
 def test_main_help_lists_the_commands_and_examples(capsys):
