@@ -5,10 +5,7 @@ before any work, and an interrupted bench that keeps what it measured."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -16,24 +13,14 @@ import yaml
 
 from cifarkit.cli import build_parser, main
 from cifarkit.config import load_recipe, recipe_to_dict
+from cli_child import TINY_SEED002, cli_child
 
-TINY = ["--recipe", "seed002", "--set", "data.verify=false", "--set", "data.val_size=100",
-        "--set", "model.stem_width=8", "--set", "model.widths=[8,16]", "--set", "model.blocks=[1,1]",
-        "--set", "train.batch_size=64", "--set", "augment.policy=none", "--set", "augment.erasing_p=0",
+TINY = [*TINY_SEED002, "--set", "augment.policy=none", "--set", "augment.erasing_p=0",
         "--set", "train.precision=fp32", "--device", "cpu"]
 
-CHILD = """
-import os, signal, sys, time
-{patch}
-from cifarkit.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
 
-
-def child(args, patch: str = "", **kw) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-c", CHILD.format(patch=patch), *map(str, args)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+def child(args, patch: str = "", **kw):
+    return cli_child(args, patch, threads=1, **kw)
 
 
 def one_error(capsys, argv) -> tuple[int, str]:

@@ -11,8 +11,6 @@ import json
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,20 +19,11 @@ import torch
 
 from cifarkit.cli import main
 from cifarkit.train.checkpoint import load_checkpoint
+from cli_child import TINY_SEED002, cli_child
 
-TINY = ["--recipe", "seed002", "--set", "data.verify=false", "--set", "data.val_size=100",
-        "--set", "model.stem_width=8", "--set", "model.widths=[8,16]", "--set", "model.blocks=[1,1]",
-        "--set", "train.batch_size=64", "--set", "train.warmup_epochs=1", "--set", "train.ema_decay=0.9",
-        "--epochs", "3", "--seed", "2"]
+TINY = [*TINY_SEED002, "--set", "train.warmup_epochs=1", "--set", "train.ema_decay=0.9", "--epochs", "3", "--seed", "2"]
 
-# Run the CLI in a child process, optionally with a fault patched in first.
-CHILD = """
-import contextlib, os, signal, sys
-{patch}
-from cifarkit.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
-
+# Faults patched into the child process before the CLI starts.
 DIE_DURING_SECOND_LAST_PT_WRITE = """
 import cifarkit.train.checkpoint as ck
 real_open, seen = ck.atomic_open, []
@@ -63,10 +52,8 @@ report.plot_roc_curves = dying_plot
 """
 
 
-def child(args: list[str], patch: str = "") -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-c", CHILD.format(patch=patch), *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def child(args: list[str], patch: str = ""):
+    return cli_child(args, patch, threads=2)
 
 
 def run_child(args, patch="") -> tuple[int, str]:

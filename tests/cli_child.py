@@ -1,0 +1,27 @@
+"""The CLI in a child process (optionally with a fault patched in first), and the tiny seed002 run
+the command-line tests train."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+# seed002 shrunk to seconds on the fake CIFAR-10: 8/16 channels, one block per stage, batch 64.
+TINY_SEED002 = ["--recipe", "seed002", "--set", "data.verify=false", "--set", "data.val_size=100",
+                "--set", "model.stem_width=8", "--set", "model.widths=[8,16]", "--set", "model.blocks=[1,1]",
+                "--set", "train.batch_size=64"]
+
+_CHILD = """
+import contextlib, os, signal, sys, time
+{patch}
+from cifarkit.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def cli_child(args, patch: str = "", threads: int = 1, **kw) -> subprocess.Popen:
+    """`cifarkit ARGS` in a new Python process, after running `patch` (module-level code)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-c", _CHILD.format(patch=patch), *map(str, args)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
