@@ -28,19 +28,14 @@ import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from cifarkit.config import load_recipe  # noqa: E402
-from cifarkit.experiment import Experiment  # noqa: E402
 from cifarkit.fsio import write_json  # noqa: E402
 from cifarkit.runinfo import run_record  # noqa: E402
-from throughput import random_data  # noqa: E402
+from throughput import random_trainer, train_step  # noqa: E402
 
 
 def build(recipe_name: str, overrides: list[str], steps: int):
     recipe = load_recipe(recipe_name, ["device=cpu", *overrides])
-    experiment = Experiment(recipe, device="cpu", log=lambda m: None)
-    experiment.data = random_data(recipe.train.batch_size * (steps + 3), 100 if recipe.data.val_size else 0)
-    trainer = experiment.build_trainer(progress=False)
-    trainer.train_loader.set_epoch(0)
-    return recipe, trainer, iter(trainer.train_loader)
+    return (recipe, *random_trainer(recipe, torch.device("cpu"), steps + 3))
 
 
 def run_steps(trainer, batches, count: int, first: int) -> list[float]:
@@ -48,8 +43,7 @@ def run_steps(trainer, batches, count: int, first: int) -> list[float]:
     for i in range(first, first + count):
         x, y = next(batches)
         start = time.perf_counter()
-        trainer._step(x, y, 0, i)
-        trainer.state.step += 1
+        train_step(trainer, x, y, i)
         seconds.append(time.perf_counter() - start)
     return seconds
 

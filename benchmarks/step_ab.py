@@ -24,11 +24,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "benchmarks")]
 
 import torch  # noqa: E402
-from throughput import random_data  # noqa: E402
+from throughput import random_trainer, train_step  # noqa: E402
 
 from cifarkit.bench import matmul_gflops  # noqa: E402
 from cifarkit.config import load_recipe  # noqa: E402
-from cifarkit.experiment import Experiment  # noqa: E402
 from cifarkit.fsio import write_json  # noqa: E402
 from cifarkit.runinfo import run_record  # noqa: E402
 
@@ -51,11 +50,7 @@ def main() -> None:
     trainers = {}
     for name, overrides in variants.items():
         recipe = load_recipe(args.recipe, ["device=cpu", *overrides])
-        experiment = Experiment(recipe, device="cpu", log=lambda message: None)
-        experiment.data = random_data(recipe.train.batch_size * (args.rounds + 2), 0)
-        trainer = experiment.build_trainer(progress=False)
-        trainer.train_loader.set_epoch(0)
-        trainers[name] = (trainer, iter(trainer.train_loader))
+        trainers[name] = random_trainer(recipe, torch.device("cpu"), args.rounds + 2)
     before = matmul_gflops(torch.device("cpu"))
     seconds = {name: [] for name in variants}
     faults = {name: [] for name in variants}
@@ -64,8 +59,7 @@ def main() -> None:
             x, y = next(batches)
             faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             start = time.perf_counter()
-            trainer._step(x, y, 0, round_)
-            trainer.state.step += 1
+            train_step(trainer, x, y, round_)
             if round_:
                 seconds[name].append(time.perf_counter() - start)
                 faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before)

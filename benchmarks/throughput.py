@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cifarkit.config import load_recipe, recipe_to_dict
+from cifarkit.config import Recipe, load_recipe, recipe_to_dict
 from cifarkit.data.cifar import CifarArrays
 from cifarkit.data.loader import CIFAR10_MEAN, CIFAR10_STD
 from cifarkit.data.prepare import PreparedData
@@ -39,14 +39,26 @@ def random_data(n: int, n_val: int) -> PreparedData:
     return PreparedData(arrays, np.arange(n), np.arange(n, n + n_val), CIFAR10_MEAN, CIFAR10_STD)
 
 
+def random_trainer(recipe: Recipe, device: torch.device, batches: int):
+    """A trainer for `recipe` that writes nothing, on `batches` batches of random images, and an
+    iterator over its first epoch's batches."""
+    experiment = Experiment(recipe, device=device, log=lambda m: None)
+    experiment.data = random_data(recipe.train.batch_size * batches, 100 if recipe.data.val_size else 0)
+    trainer = experiment.build_trainer(run=None, progress=False)
+    trainer.train_loader.set_epoch(0)
+    return trainer, iter(trainer.train_loader)
+
+
+def train_step(trainer, x, y, index: int) -> None:
+    """One optimizer step on the batch (x, y), numbered `index` within epoch 0, as the loop runs it."""
+    trainer._step(x, y, 0, index)
+    trainer.state.step += 1
+
+
 def measure(recipe_name: str, batch: int, device: torch.device, steps: int, warmup: int) -> dict:
     recipe = load_recipe(recipe_name, [f"train.batch_size={batch}", f"device={device.type}"])
-    experiment = Experiment(recipe, device=device, log=lambda m: None)
-    experiment.data = random_data(batch * (steps + warmup), 100 if recipe.data.val_size else 0)
-    trainer = experiment.build_trainer(run=None, progress=False)
+    trainer, batches = random_trainer(recipe, device, steps + warmup)
     loader = trainer.train_loader
-    loader.set_epoch(0)
-    batches = iter(loader)
     prep, step = [], []
     for i in range(steps + warmup):
         synchronize(device)
@@ -54,8 +66,7 @@ def measure(recipe_name: str, batch: int, device: torch.device, steps: int, warm
         x, y = next(batches)
         synchronize(device)
         t1 = time.perf_counter()
-        trainer._step(x, y, 0, i)
-        trainer.state.step += 1
+        train_step(trainer, x, y, i)
         synchronize(device)
         t2 = time.perf_counter()
         if i >= warmup:
