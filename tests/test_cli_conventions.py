@@ -13,7 +13,7 @@ import yaml
 
 from cifarkit.cli import build_parser, main
 from cifarkit.config import load_recipe, recipe_to_dict
-from cli_child import TINY_SEED002, cli_child
+from cli_helpers import TINY_SEED002, cli_child, error_line
 
 TINY = [*TINY_SEED002, "--set", "augment.policy=none", "--set", "augment.erasing_p=0",
         "--set", "train.precision=fp32", "--device", "cpu"]
@@ -21,14 +21,6 @@ TINY = [*TINY_SEED002, "--set", "augment.policy=none", "--set", "augment.erasing
 
 def child(args, patch: str = "", **kw):
     return cli_child(args, patch, threads=1, **kw)
-
-
-def one_error(capsys, argv) -> tuple[int, str]:
-    capsys.readouterr()
-    rc = main([str(a) for a in argv])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("cifarkit: error: "), err
-    return rc, err[0]
 
 
 # -- help ---------------------------------------------------------------------------------------
@@ -82,9 +74,9 @@ def test_recipes_show_prints_the_resolved_recipe_that_trains_as_it_is(capsys, tm
 
 
 def test_unknown_recipe_suggests_only_a_close_match(capsys):
-    _, line = one_error(capsys, ["recipes", "show", "nope"])
+    _, line = error_line(capsys, ["recipes", "show", "nope"])
     assert "did you mean" not in line and "built-in:" in line
-    _, line = one_error(capsys, ["recipes", "show", "seed03"])
+    _, line = error_line(capsys, ["recipes", "show", "seed03"])
     assert "did you mean 'seed003'?" in line
 
 
@@ -99,34 +91,34 @@ def test_usage_errors_and_abbreviations_exit_2(capsys):
 
 def test_each_kind_of_error_has_its_own_exit_code(capsys, tmp_path, fake_cifar, monkeypatch):
     out = tmp_path / "run"
-    assert one_error(capsys, ["train", *TINY, "--set", "train.lrr=1"])[0] == 3                   # recipe
-    assert one_error(capsys, ["train", *TINY, "--set", "model.widths=[4096,4096]", "--data-dir",
-                              tmp_path / "no-data"])[0] == 3                                     # budget, before data
-    assert one_error(capsys, ["train", *TINY, "--data-dir", tmp_path / "nothing", "--set",
-                              "data.download=false", "--out", out])[0] == 4                      # data
+    assert error_line(capsys, ["train", *TINY, "--set", "train.lrr=1"])[0] == 3                 # recipe
+    assert error_line(capsys, ["train", *TINY, "--set", "model.widths=[4096,4096]", "--data-dir",
+                               tmp_path / "no-data"])[0] == 3                                   # budget, before data
+    assert error_line(capsys, ["train", *TINY, "--data-dir", tmp_path / "nothing", "--set",
+                               "data.download=false", "--out", out])[0] == 4                    # data
     assert not out.exists()                                                                      # a refused start leaves nothing
-    assert one_error(capsys, ["evaluate", tmp_path])[0] == 5                                     # not a run
+    assert error_line(capsys, ["evaluate", tmp_path])[0] == 5                                   # not a run
     if not __import__("torch").cuda.is_available():
-        assert one_error(capsys, ["train", *TINY, "--device", "cuda"])[0] == 6                   # no GPU
+        assert error_line(capsys, ["train", *TINY, "--device", "cuda"])[0] == 6                 # no GPU
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    assert one_error(capsys, ["train", *TINY, "--data-dir", fake_cifar, "--out", blocker / "run"])[0] == 9
+    assert error_line(capsys, ["train", *TINY, "--data-dir", fake_cifar, "--out", blocker / "run"])[0] == 9
     import cifarkit.train.run as run_module
 
     def no_memory(*args, **kwargs):
         raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 123 bytes")
     monkeypatch.setattr(run_module, "train_run", no_memory)
-    rc, line = one_error(capsys, ["train", *TINY, "--data-dir", fake_cifar, "--out", out])
+    rc, line = error_line(capsys, ["train", *TINY, "--data-dir", fake_cifar, "--out", out])
     assert rc == 7 and "lower train.batch_size" in line
 
     def python_memory(*args, **kwargs):
         raise MemoryError()
     monkeypatch.setattr(run_module, "train_run", python_memory)
-    assert one_error(capsys, ["train", *TINY, "--data-dir", fake_cifar, "--out", out])[0] == 7
+    assert error_line(capsys, ["train", *TINY, "--data-dir", fake_cifar, "--out", out])[0] == 7
 
 
 def test_a_diverging_run_exits_8(capsys, tmp_path, fake_cifar):
-    rc, line = one_error(capsys, ["train", *TINY, "--set", "train.lr=1.0e+30", "--set", "train.warmup_epochs=0",
+    rc, line = error_line(capsys, ["train", *TINY, "--set", "train.lr=1.0e+30", "--set", "train.warmup_epochs=0",
                                   "--data-dir", fake_cifar, "--out", tmp_path / "run", "--no-eval", "--epochs", "1"])
     assert rc == 8 and "non-finite loss or gradients" in line
 
@@ -160,9 +152,9 @@ def test_a_second_process_on_the_same_run_is_refused(tmp_path, fake_cifar, capsy
         while not (run / "recipe.yaml").exists() and time.time() < deadline:
             time.sleep(0.2)
         assert (run / "recipe.yaml").exists(), proc.stderr.read() if proc.poll() is not None else "no run yet"
-        rc, line = one_error(capsys, ["train", "--resume", run, "--data-dir", fake_cifar, "--no-eval"])
+        rc, line = error_line(capsys, ["train", "--resume", run, "--data-dir", fake_cifar, "--no-eval"])
         assert rc == 5 and "in use by another cifarkit process" in line
-        rc, line = one_error(capsys, ["evaluate", run, "--data-dir", fake_cifar])
+        rc, line = error_line(capsys, ["evaluate", run, "--data-dir", fake_cifar])
         assert rc == 5 and "in use" in line
         while not (run / "metrics.jsonl").exists() and time.time() < deadline:
             time.sleep(0.2)                      # an epoch done: the run's own signal handling is in place

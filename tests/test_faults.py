@@ -19,7 +19,7 @@ import torch
 
 from cifarkit.cli import main
 from cifarkit.train.checkpoint import load_checkpoint
-from cli_child import TINY_SEED002, cli_child
+from cli_helpers import TINY_SEED002, cli_child
 
 TINY = [*TINY_SEED002, "--set", "train.warmup_epochs=1", "--set", "train.ema_decay=0.9", "--epochs", "3", "--seed", "2"]
 

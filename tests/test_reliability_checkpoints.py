@@ -23,6 +23,7 @@ from cifarkit.train.checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from cifarkit.train.checkpoint_schema import (check_finite_logits, check_finite_tensors, validate_export,
                                               validate_training_checkpoint, validate_weights_file)
 from fakes import make_custom_test_pickle
+from cli_helpers import refusal
 
 # A model of 5,266 parameters that trains one epoch on the fake set in a few seconds.
 TINY = ["--recipe", "seed002", "--set", "data.verify=false", "--set", "model.stem_width=8",
@@ -58,13 +59,7 @@ def pkl(tmp_path) -> Path:
 def cli_error(capsys, argv, code: int | None = CheckpointError.exit_code) -> str:
     """The one stderr line of a refused command; the exit code is the one documented for checkpoint
     errors unless `code` says otherwise (None: any non-zero code)."""
-    capsys.readouterr()
-    rc = main([str(a) for a in argv])
-    _, err = capsys.readouterr()
-    lines = err.strip().splitlines()
-    assert rc != 0 and (code is None or rc == code), err
-    assert len(lines) == 1 and lines[0].startswith("cifarkit: error: ") and "Traceback" not in err, err
-    return lines[0]
+    return refusal(capsys, argv, code)
 
 
 def predict_error(capsys, source: Path, pkl: Path, out: Path, code: int | None = CheckpointError.exit_code) -> str:

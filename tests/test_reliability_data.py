@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cifarkit.cli import main
 from cifarkit.data import cifar
 from cifarkit.data.archive import read_members
 from cifarkit.data.cifar import load_cifar
@@ -30,6 +29,7 @@ from cifarkit.data.download import download_archive
 from cifarkit.errors import DataError
 from cifarkit.fsio import write_text
 from fakes import fake_images, make_custom_test_pickle, make_fake_cifar
+from cli_helpers import refusal
 
 FOLDER, ARCHIVE = "cifar-10-batches-py", "cifar-10-python.tar.gz"
 MiB = 2**20
@@ -53,13 +53,7 @@ def refusal_cost(call) -> tuple[str, float, int]:
 
 def cli_error(capsys, argv) -> str:
     """The one stderr line of a refused command; the exit code is the one documented for data errors."""
-    capsys.readouterr()
-    rc = main([str(a) for a in argv])
-    _, err = capsys.readouterr()
-    lines = err.strip().splitlines()
-    assert rc == DataError.exit_code != 0, err
-    assert len(lines) == 1 and lines[0].startswith("cifarkit: error: ") and "Traceback" not in err, err
-    return lines[0]
+    return refusal(capsys, argv, DataError.exit_code)
 
 
 @pytest.fixture(autouse=True)

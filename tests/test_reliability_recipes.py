@@ -11,11 +11,11 @@ from typing import Annotated, get_args, get_origin, get_type_hints
 
 import pytest
 
-from cifarkit.cli import main
 from cifarkit.config import MAX_BASE_DEPTH, Recipe, load_recipe, load_recipe_dict
 from cifarkit.errors import ConfigError
 from cifarkit.models.specs import MODEL_SPECS
 from cifarkit.schema import ALLOW_NONFINITE, parse_dataclass
+from cli_helpers import refusal
 
 TINY = ["--set", "data.verify=false", "--set", "model.stem_width=8", "--set", "model.widths=[8,16]",
         "--set", "model.blocks=[1,1]", "--set", "data.val_size=100", "--epochs", "1",
@@ -28,15 +28,8 @@ def _work_in_tmp(tmp_path, monkeypatch):
 
 
 def cli_error(capsys, argv) -> str:
-    """The one stderr line of a refused command, after checking the error contract (the exit code
-    is the one documented for recipe errors)."""
-    capsys.readouterr()
-    rc = main([str(a) for a in argv])
-    _, err = capsys.readouterr()
-    lines = err.strip().splitlines()
-    assert rc == ConfigError.exit_code != 0, err
-    assert len(lines) == 1 and lines[0].startswith("cifarkit: error: ") and "Traceback" not in err, err
-    return lines[0]
+    """The one stderr line of a refused command; the exit code is the one documented for recipe errors."""
+    return refusal(capsys, argv, ConfigError.exit_code)
 
 
 # --- non-finite numbers --------------------------------------------------------------------------
