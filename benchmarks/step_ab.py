@@ -14,6 +14,7 @@ bf16 matrix-multiply yardstick is taken before and after, and the minor page fau
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import statistics
 import sys
@@ -68,6 +69,7 @@ def main() -> None:
     medians = {name: statistics.median(s) for name, s in seconds.items()}
     result = {"recipe": args.recipe, "variants": variants, "rounds": args.rounds,
               "minor_page_faults_per_step": faults,
+              "threading_environment": {k: v for k, v in os.environ.items() if k.startswith(("OMP_", "KMP_", "GOMP_"))},
               "step_seconds": seconds, "median_step_seconds": medians,
               f"ratio_to_{first}": {name: m / medians[first] for name, m in medians.items()},
               "bf16_matmul_gflops": {"before": before, "after": after}, **run_record("cpu")}
