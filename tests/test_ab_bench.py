@@ -30,3 +30,20 @@ def test_ab_bench_alternates_and_records_both_sides(fake_cifar, tmp_path):
     assert ab["median_seconds_ratio_new_over_baseline"] == ratio
     assert ab["bf16_matmul_gflops"]["before"] > 0 and ab["bf16_matmul_gflops"]["after"] > 0
     assert 0 < ab["new_training_flops_share_of_yardstick"]
+
+
+def test_explore_appends_one_line_per_run_with_its_overrides(fake_cifar, tmp_path):
+    """benchmarks/explore.py, the one-seed screen: each run appends a JSON line saying what ran."""
+    out = tmp_path / "runs.jsonl"
+    tiny = ["data.verify=false", "data.train_subset=64", "train.batch_size=32", "train.micro_batch=0",
+            "model.widths=[8,16,16]"]
+    for epochs in (1, 2):
+        command = [sys.executable, str(ROOT / "benchmarks" / "explore.py"), "--recipe", "fast94", "--name",
+                   f"e{epochs}", "--seed", "1", "--data-dir", str(fake_cifar), "--jsonl", str(out),
+                   *[a for o in [*tiny, f"train.epochs={epochs}"] for a in ("--set", o)]]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+    runs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["name"], r["seed"], r["steps"]) for r in runs] == [("e1", 1, 2), ("e2", 1, 4)]
+    assert runs[1]["overrides"][-1] == "train.epochs=2" and "torch" in runs[1]["versions"]
+    assert all(0 <= r["accuracy"] <= 1 and r["train_seconds"] > 0 for r in runs)
