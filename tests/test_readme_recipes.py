@@ -1,0 +1,31 @@
+"""The README's Recipes table is what users read before choosing one: every built-in recipe has a
+row, and its parameter count and epochs are the recipe's own."""
+
+import re
+from pathlib import Path
+
+from cifarkit.config import builtin_recipe_names, load_recipe
+from cifarkit.models.registry import build_model, count_parameters
+
+README = Path(__file__).parents[1] / "README.md"
+
+
+def recipe_rows() -> dict[str, tuple[int, int]]:
+    """{name: (parameters, epochs)} from the rows of the README's Recipes table."""
+    header = "| recipe | model | parameters | epochs | what it is |"
+    table = README.read_text().split(header, 1)[1].split("\n\n", 1)[0]
+    rows = {}
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 5 and re.fullmatch(r"`[\w-]+`", cells[0]):
+            rows[cells[0].strip("`")] = (int(cells[2].replace(",", "")), int(cells[3]))
+    return rows
+
+
+def test_every_builtin_recipe_has_a_row_with_its_parameters_and_epochs():
+    rows = recipe_rows()
+    assert sorted(rows) == sorted(builtin_recipe_names())
+    for name, (parameters, epochs) in rows.items():
+        recipe = load_recipe(name)
+        model = build_model(recipe.model, recipe.data.num_classes)
+        assert (count_parameters(model), recipe.train.epochs) == (parameters, epochs), name
