@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 from cifarkit.bench import time_one_seed
 from cifarkit.config import load_recipe
 from cifarkit.device import resolve_device
+from cifarkit.errors import CifarkitError, OutputError
 from cifarkit.experiment import Experiment
 from cifarkit.runinfo import run_record
 from cifarkit.train.distributed import join
@@ -36,7 +38,7 @@ def explore(recipe: str, overrides: list[str], seed: int, data_dir: str) -> dict
             **record}
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipe", default="fast94")
     parser.add_argument("--name", required=True, help="a label for this variant")
@@ -45,13 +47,20 @@ def main() -> None:
     parser.add_argument("--jsonl", required=True, help="file to append the result to")
     parser.add_argument("--set", action="append", default=[], help="recipe override (repeatable)")
     args = parser.parse_args()
-    result = {"name": args.name, **explore(args.recipe, args.set, args.seed, args.data_dir)}
-    line = json.dumps(result)
-    with Path(args.jsonl).open("a") as f:
-        f.write(line + "\n")
+    try:            # bad input: one line and cifarkit's exit code for it (src/cifarkit/errors.py)
+        result = {"name": args.name, **explore(args.recipe, args.set, args.seed, args.data_dir)}
+        with Path(args.jsonl).open("a") as f:
+            f.write(json.dumps(result) + "\n")
+    except CifarkitError as e:
+        print(f"explore: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except OSError as e:
+        print(f"explore: error: cannot append to {args.jsonl}: {e}", file=sys.stderr)
+        return OutputError.exit_code
     print(f"{args.name} seed {args.seed}: accuracy {result['accuracy']:.4f}, "
           f"{result['train_seconds']:.1f} s training")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -47,3 +47,13 @@ def test_explore_appends_one_line_per_run_with_its_overrides(fake_cifar, tmp_pat
     assert [(r["name"], r["seed"], r["steps"]) for r in runs] == [("e1", 1, 2), ("e2", 1, 4)]
     assert runs[1]["overrides"][-1] == "train.epochs=2" and "torch" in runs[1]["versions"]
     assert all(0 <= r["accuracy"] <= 1 and r["train_seconds"] > 0 for r in runs)
+
+
+def test_explore_refuses_a_bad_override_in_one_line_and_appends_nothing(fake_cifar, tmp_path):
+    out = tmp_path / "runs.jsonl"
+    command = [sys.executable, str(ROOT / "benchmarks" / "explore.py"), "--name", "bad", "--data-dir", str(fake_cifar),
+               "--jsonl", str(out), "--set", "train.epochz=1"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 3 and len(lines) == 1 and lines[0].startswith("explore: error: "), result.stderr
+    assert "epochz" in lines[0] and not out.exists()
