@@ -56,12 +56,14 @@ def test_bench_records_work_speed_and_where_it_ran(bench_json):
     assert "torch" in bench_json["versions"] and "git_commit" in bench_json
 
 
-@pytest.mark.parametrize("result, recipe", [("fast94-cpu.json", "fast94"), ("fast94-cpu-seed3.json", "fast94"),
-                                            ("fast94-cpu-C.json", "fast94"), ("fast94-ab-cpu.json", "fast94"),
+@pytest.mark.parametrize("result, recipe", [("fast94-cpu.json", "fast94-9ep"), ("fast94-cpu-seed3.json", "fast94-9ep"),
+                                            ("fast94-cpu-C.json", "fast94-9ep"), ("fast94-ab-cpu.json", "fast94-9ep"),
+                                            ("fast94-ab-cpu-8ep-lookahead.json", "fast94"),
                                             ("fast94-sgd-cpu-db86576.json", "fast94-sgd")])
 def test_committed_results_belong_to_the_recipes_of_that_name(result, recipe):
     """The README quotes these files for these recipes: what ran must be what the recipe says now
-    (the name and description aside: the Muon result ran as an exploration file). Keys added to
+    (the name and description aside: the Muon result ran as an exploration file, and the
+    fast94-9ep results ran under the name fast94, before it moved to 8 epochs with lookahead). Keys added to
     the recipe schema since a file was written take their defaults. `model.cpu_kernels` is left out:
     it changes how fast the same model trains on a CPU, not the model (tests/test_models_cpu_kernels.py),
     and the README says which times ran with it."""
@@ -89,6 +91,19 @@ def test_the_cpu_speed_ab_bench_compared_fast94_with_its_kernels_against_the_bas
     assert ab["new"]["recipe_resolved"]["model"]["cpu_kernels"] is True and load_recipe("fast94").model.cpu_kernels
     assert "cpu_kernels" not in ab["baseline"]["recipe_resolved"]["model"]
     assert ab["baseline_commit"] == "71143e1" and len(ab["new"]["runs"]) == len(ab["baseline"]["runs"]) == 3
+
+
+def test_the_8_epoch_lookahead_ab_bench_ran_fast94_as_it_is_now_against_the_same_baseline():
+    """The README's newest fast94 row: the new side trained 8 epochs with lookahead (fast94 now),
+    the baseline side fast94 at 71143e1 (9 epochs, no lookahead), three seeds each, alternating."""
+    from pathlib import Path
+
+    ab = json.loads((Path(__file__).parents[1] / "benchmarks" / "results" / "fast94-ab-cpu-8ep-lookahead.json").read_text())
+    new, baseline = ab["new"]["recipe_resolved"]["train"], ab["baseline"]["recipe_resolved"]["train"]
+    assert (new["epochs"], new["lookahead_every"]) == (8, 5)
+    assert (baseline["epochs"], baseline["lookahead_every"]) == (9, 0)
+    assert ab["baseline_commit"] == "71143e1" and len(ab["new"]["runs"]) == len(ab["baseline"]["runs"]) == 3
+    assert [r["seed"] for r in ab["new"]["runs"]] == [r["seed"] for r in ab["baseline"]["runs"]] == [0, 1, 2]
 
 
 def test_warm_up_covers_every_epoch_where_a_compiled_graph_changes():
