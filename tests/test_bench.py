@@ -11,7 +11,7 @@ from cifarkit.cli import main
 
 TINY_FAST94 = ["--set", "data.verify=false", "--set", "data.train_subset=128", "--set", "train.epochs=2",
                "--set", "train.batch_size=32", "--set", "train.micro_batch=16", "--set", "model.widths=[8,16,16]",
-               "--set", "train.warmup_epochs=0.5"]
+               "--set", "train.warmup_epochs=0.5", "--set", "augment.resize_schedule=[[24,1]]"]
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +45,14 @@ def test_bench_records_work_speed_and_where_it_ran(bench_json):
     assert bench_json["train_images_per_second"] > 0
     median_train = statistics.median(r["train_seconds"] for r in bench_json["runs"])
     assert bench_json["train_images_per_second"] == pytest.approx(2 * 128 / median_train)
-    assert bench_json["training_flops_per_second"] == pytest.approx(
-        3 * bench_json["forward_flops_per_image"] * bench_json["train_images_per_second"])
+    # epoch 0 trains on 24x24 images (TINY_FAST94's resize schedule), epoch 1 at 32x32: each
+    # counted at its own forward FLOPs, three forward passes' worth per training image
+    from cifarkit.config import load_recipe
+    from cifarkit.models.registry import build_model, flops_per_image
+    model = build_model(load_recipe("fast94", ["model.widths=[8,16,16]"]).model, 10)
+    per_image = [flops_per_image(model, (1, 3, 24, 24)), bench_json["forward_flops_per_image"]]
+    assert per_image[0] < per_image[1]
+    assert bench_json["training_flops_per_second"] == pytest.approx(3 * 128 * sum(per_image) / median_train)
     speed = bench_json["bf16_matmul_gflops"]
     assert speed["before"] > 0 and speed["after"] > 0
     hw = bench_json["hardware"]
@@ -60,16 +66,18 @@ EIGHT_EPOCHS_LOOKAHEAD = ["train.epochs=8", "train.lookahead_every=5"]
 
 
 @pytest.mark.parametrize("result, recipe, overrides", [
-    ("fast94-cpu.json", "fast94", []), ("fast94-cpu-seed3.json", "fast94", []),
-    ("fast94-cpu-C.json", "fast94", []), ("fast94-ab-cpu.json", "fast94", []),
+    ("fast94-cpu.json", "fast94-muon", []), ("fast94-cpu-seed3.json", "fast94-muon", []),
+    ("fast94-cpu-C.json", "fast94-muon", []), ("fast94-ab-cpu.json", "fast94-muon", []),
+    ("fast94-ab-cpu-lookahead-24px.json", "fast94", []),
     ("fast94-sgd-cpu-db86576.json", "fast94-sgd", []),
-    ("explorations/fast94-ab-cpu-8ep-lookahead.json", "fast94", EIGHT_EPOCHS_LOOKAHEAD),
-    ("explorations/fast94-cpu-8ep-lookahead-seeds3-4.json", "fast94", EIGHT_EPOCHS_LOOKAHEAD)])
+    ("explorations/fast94-ab-cpu-8ep-lookahead.json", "fast94-muon", EIGHT_EPOCHS_LOOKAHEAD),
+    ("explorations/fast94-cpu-8ep-lookahead-seeds3-4.json", "fast94-muon", EIGHT_EPOCHS_LOOKAHEAD)])
 def test_committed_results_belong_to_the_recipes_of_that_name(result, recipe, overrides):
     """The README quotes these files for these recipes: what ran must be what the recipe says now
     (the name and description aside: the Muon result ran as an exploration file). Keys added to
-    the recipe schema since a file was written take their defaults. The two 8-epoch lookahead files
-    are fast94 with those two overrides (benchmarks/README.md, "CPU speed"). `model.cpu_kernels` is left out:
+    the recipe schema since a file was written take their defaults. The fast94-muon files ran as
+    fast94 before it took lookahead and 24x24 epochs; the two 8-epoch lookahead files are that
+    recipe with two overrides (benchmarks/README.md, "CPU speed"). `model.cpu_kernels` is left out:
     it changes how fast the same model trains on a CPU, not the model (tests/test_models_cpu_kernels.py),
     and the README says which times ran with it."""
     from pathlib import Path
@@ -96,6 +104,19 @@ def test_the_cpu_speed_ab_bench_compared_fast94_with_its_kernels_against_the_bas
     assert ab["new"]["recipe_resolved"]["model"]["cpu_kernels"] is True and load_recipe("fast94").model.cpu_kernels
     assert "cpu_kernels" not in ab["baseline"]["recipe_resolved"]["model"]
     assert ab["baseline_commit"] == "71143e1" and len(ab["new"]["runs"]) == len(ab["baseline"]["runs"]) == 3
+
+
+def test_the_ab_bench_of_fast94_now_ran_three_seeds_each_side_against_71143e1():
+    """The README's first fast94 row: fast94 as it is now (lookahead, 24x24 epochs) on the new side,
+    fast94 at 71143e1 (9 epochs at 32x32, no lookahead) on the baseline side, seeds 0-2 each."""
+    from pathlib import Path
+
+    ab = json.loads((Path(__file__).parents[1] / "benchmarks" / "results" / "fast94-ab-cpu-lookahead-24px.json").read_text())
+    new, baseline = ab["new"]["recipe_resolved"], ab["baseline"]["recipe_resolved"]
+    assert (new["train"]["lookahead_every"], new["augment"]["resize_schedule"]) == (5, [[24, 3]])
+    assert (baseline["train"]["lookahead_every"], baseline["augment"]["resize_schedule"]) == (0, [])
+    assert ab["baseline_commit"] == "71143e1"
+    assert [r["seed"] for r in ab["new"]["runs"]] == [r["seed"] for r in ab["baseline"]["runs"]] == [0, 1, 2]
 
 
 def test_the_8_epoch_lookahead_runs_cover_seeds_0_to_4_against_the_same_baseline():
