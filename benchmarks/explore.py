@@ -12,16 +12,15 @@ variant worth keeping is then measured with `ab_bench.py` over several seeds.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
 
 from cifarkit.bench import time_one_seed
 from cifarkit.config import load_recipe
 from cifarkit.device import resolve_device
 from cifarkit.errors import CifarkitError, OutputError
 from cifarkit.experiment import Experiment
+from cifarkit.fsio import append_jsonl
 from cifarkit.runinfo import run_record
 from cifarkit.train.distributed import join
 
@@ -49,8 +48,7 @@ def main() -> int:
     args = parser.parse_args()
     try:            # bad input: one line and cifarkit's exit code for it (src/cifarkit/errors.py)
         result = {"name": args.name, **explore(args.recipe, args.set, args.seed, args.data_dir)}
-        with Path(args.jsonl).open("a") as f:
-            f.write(json.dumps(result) + "\n")
+        append_jsonl(args.jsonl, result)
     except CifarkitError as e:
         print(f"explore: error: {e}", file=sys.stderr)
         return e.exit_code

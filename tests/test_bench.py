@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import statistics
+from pathlib import Path
 
 import pytest
 
 from cifarkit.cli import main
+
+RESULTS = Path(__file__).parents[1] / "benchmarks" / "results"
 
 TINY_FAST94 = ["--set", "data.verify=false", "--set", "data.train_subset=128", "--set", "train.epochs=2",
                "--set", "train.batch_size=32", "--set", "train.micro_batch=16", "--set", "model.widths=[8,16,16]",
@@ -80,10 +83,8 @@ def test_committed_results_belong_to_the_recipes_of_that_name(result, recipe, ov
     recipe with two overrides (benchmarks/README.md, "CPU speed"). `model.cpu_kernels` is left out:
     it changes how fast the same model trains on a CPU, not the model (tests/test_models_cpu_kernels.py),
     and the README says which times ran with it."""
-    from pathlib import Path
-
     from cifarkit.config import load_recipe, recipe_from_dict, recipe_to_dict
-    ran = json.loads((Path(__file__).parents[1] / "benchmarks" / "results" / result).read_text())
+    ran = json.loads((RESULTS / result).read_text())
     ran = ran["new"]["recipe_resolved"] if "new" in ran else ran["recipe_resolved"]    # an A/B bench: its new side
     ran = recipe_to_dict(recipe_from_dict(ran))
     now = recipe_to_dict(load_recipe(recipe, ["device=cpu", *overrides]))
@@ -97,10 +98,8 @@ def test_committed_results_belong_to_the_recipes_of_that_name(result, recipe, ov
 def test_the_cpu_speed_ab_bench_compared_fast94_with_its_kernels_against_the_baseline_without():
     """The README's A/B row: the new side ran fast94 as it is now (cpu_kernels on), the baseline
     side fast94 before the kernels existed."""
-    from pathlib import Path
-
     from cifarkit.config import load_recipe
-    ab = json.loads((Path(__file__).parents[1] / "benchmarks" / "results" / "fast94-ab-cpu.json").read_text())
+    ab = json.loads((RESULTS / "fast94-ab-cpu.json").read_text())
     assert ab["new"]["recipe_resolved"]["model"]["cpu_kernels"] is True and load_recipe("fast94").model.cpu_kernels
     assert "cpu_kernels" not in ab["baseline"]["recipe_resolved"]["model"]
     assert ab["baseline_commit"] == "71143e1" and len(ab["new"]["runs"]) == len(ab["baseline"]["runs"]) == 3
@@ -109,9 +108,7 @@ def test_the_cpu_speed_ab_bench_compared_fast94_with_its_kernels_against_the_bas
 def test_the_ab_bench_of_fast94_now_ran_three_seeds_each_side_against_71143e1():
     """The README's first fast94 row: fast94 as it is now (lookahead, 24x24 epochs) on the new side,
     fast94 at 71143e1 (9 epochs at 32x32, no lookahead) on the baseline side, seeds 0-2 each."""
-    from pathlib import Path
-
-    ab = json.loads((Path(__file__).parents[1] / "benchmarks" / "results" / "fast94-ab-cpu-lookahead-24px.json").read_text())
+    ab = json.loads((RESULTS / "fast94-ab-cpu-lookahead-24px.json").read_text())
     new, baseline = ab["new"]["recipe_resolved"], ab["baseline"]["recipe_resolved"]
     assert (new["train"]["lookahead_every"], new["augment"]["resize_schedule"]) == (5, [[24, 3]])
     assert (baseline["train"]["lookahead_every"], baseline["augment"]["resize_schedule"]) == (0, [])
@@ -122,9 +119,7 @@ def test_the_ab_bench_of_fast94_now_ran_three_seeds_each_side_against_71143e1():
 def test_the_8_epoch_lookahead_runs_cover_seeds_0_to_4_against_the_same_baseline():
     """benchmarks/README.md pools these five seeds: 0-2 from the A/B bench against fast94 at 71143e1
     (three seeds each side), 3-4 from a later bench of the same variant."""
-    from pathlib import Path
-
-    explorations = Path(__file__).parents[1] / "benchmarks" / "results" / "explorations"
+    explorations = RESULTS / "explorations"
     ab = json.loads((explorations / "fast94-ab-cpu-8ep-lookahead.json").read_text())
     later = json.loads((explorations / "fast94-cpu-8ep-lookahead-seeds3-4.json").read_text())
     assert ab["baseline_commit"] == "71143e1" and len(ab["baseline"]["runs"]) == 3
