@@ -29,7 +29,8 @@ sys.path.insert(0, str(ROOT / "src"))
 import torch  # noqa: E402
 
 from cifarkit.bench import matmul_gflops  # noqa: E402
-from cifarkit.fsio import write_json  # noqa: E402
+from cifarkit.exits import run_command  # noqa: E402
+from cifarkit.fsio import check_can_write, write_json  # noqa: E402
 from cifarkit.runinfo import run_record  # noqa: E402
 from cifarkit.stats import describe, one_sided_p_value  # noqa: E402
 
@@ -71,6 +72,7 @@ def main() -> None:
     parser.add_argument("--set-both", action="append", default=[], help="override for both sides")
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args()
+    check_can_write(args.json)            # now, not after the minutes of timing
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -118,4 +120,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command("ab_bench", main))

@@ -18,9 +18,9 @@ import time
 from cifarkit.bench import time_one_seed
 from cifarkit.config import load_recipe
 from cifarkit.device import resolve_device
-from cifarkit.errors import CifarkitError, OutputError
+from cifarkit.exits import run_command
 from cifarkit.experiment import Experiment
-from cifarkit.fsio import append_jsonl
+from cifarkit.fsio import append_jsonl, check_can_write
 from cifarkit.runinfo import run_record
 from cifarkit.train.distributed import join
 
@@ -46,19 +46,13 @@ def main() -> int:
     parser.add_argument("--jsonl", required=True, help="file to append the result to")
     parser.add_argument("--set", action="append", default=[], help="recipe override (repeatable)")
     args = parser.parse_args()
-    try:            # bad input: one line and cifarkit's exit code for it (src/cifarkit/errors.py)
-        result = {"name": args.name, **explore(args.recipe, args.set, args.seed, args.data_dir)}
-        append_jsonl(args.jsonl, result)
-    except CifarkitError as e:
-        print(f"explore: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except OSError as e:
-        print(f"explore: error: cannot append to {args.jsonl}: {e}", file=sys.stderr)
-        return OutputError.exit_code
+    check_can_write(args.jsonl, append=True)      # now, not after minutes of training
+    result = {"name": args.name, **explore(args.recipe, args.set, args.seed, args.data_dir)}
+    append_jsonl(args.jsonl, result)
     print(f"{args.name} seed {args.seed}: accuracy {result['accuracy']:.4f}, "
           f"{result['train_seconds']:.1f} s training")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command("explore", main))

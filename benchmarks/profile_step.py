@@ -25,12 +25,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "benchmarks")]
 
 import torch  # noqa: E402
+from throughput import random_trainer, train_step  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from cifarkit.config import load_recipe  # noqa: E402
-from cifarkit.fsio import write_json  # noqa: E402
+from cifarkit.exits import run_command  # noqa: E402
+from cifarkit.fsio import check_can_write, write_json  # noqa: E402
 from cifarkit.runinfo import run_record  # noqa: E402
-from throughput import random_trainer, train_step  # noqa: E402
 
 
 def build(recipe_name: str, overrides: list[str], steps: int):
@@ -98,6 +99,8 @@ def main() -> None:
     parser.add_argument("--onednn", action="store_true", help="also count oneDNN's kernels (ONEDNN_VERBOSE)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    if args.json:
+        check_can_write(args.json)        # now, not after the minutes of timing
     result = profile_steps(args.recipe, args.set, args.steps)
     if args.onednn:
         result["onednn_primitives_per_step"] = onednn_kernels(args.recipe, args.set)
@@ -112,4 +115,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command("profile_step", main))

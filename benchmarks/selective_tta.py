@@ -12,14 +12,16 @@ model; it selects nothing for that model's reported result.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 from cifarkit.device import synchronize
 from cifarkit.evaluate.loading import load_trained
 from cifarkit.evaluate.metrics import accuracy
+from cifarkit.exits import run_command
 from cifarkit.experiment import Experiment
-from cifarkit.fsio import write_json
+from cifarkit.fsio import check_can_write, write_json
 from cifarkit.runinfo import run_record
 
 
@@ -42,6 +44,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    if args.json:
+        check_can_write(args.json)        # now, not after the minutes of timing
     experiment = Experiment(load_trained(args.run).recipe, device=args.device, log=lambda m: None)
     trained = load_trained(args.run, device=experiment.device)
     experiment.load_data(args.data_dir)
@@ -58,4 +62,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command("selective_tta", main))

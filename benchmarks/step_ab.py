@@ -29,7 +29,8 @@ from throughput import random_trainer, train_step  # noqa: E402
 
 from cifarkit.bench import matmul_gflops  # noqa: E402
 from cifarkit.config import load_recipe  # noqa: E402
-from cifarkit.fsio import write_json  # noqa: E402
+from cifarkit.exits import run_command  # noqa: E402
+from cifarkit.fsio import check_can_write, write_json  # noqa: E402
 from cifarkit.runinfo import run_record  # noqa: E402
 
 
@@ -47,6 +48,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6, help="rounds counted, after one warm-up round")
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args()
+    check_can_write(args.json)            # now, not after the minutes of timing
     variants = dict(parse_variant(v) for v in args.variant)
     trainers = {}
     for name, overrides in variants.items():
@@ -79,4 +81,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command("step_ab", main))

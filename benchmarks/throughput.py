@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -24,8 +25,9 @@ from cifarkit.data.cifar import CifarArrays
 from cifarkit.data.loader import CIFAR10_MEAN, CIFAR10_STD
 from cifarkit.data.prepare import PreparedData
 from cifarkit.device import resolve_device, synchronize
+from cifarkit.exits import run_command
 from cifarkit.experiment import Experiment
-from cifarkit.fsio import write_json
+from cifarkit.fsio import check_can_write, write_json
 from cifarkit.runinfo import run_record
 
 
@@ -91,6 +93,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    if args.json:
+        check_can_write(args.json)        # now, not after the minutes of timing
     device = resolve_device(args.device)
     results = []
     for name in args.recipe:
@@ -105,4 +109,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command("throughput", main))

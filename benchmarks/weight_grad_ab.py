@@ -30,7 +30,8 @@ from throughput import random_trainer, train_step  # noqa: E402
 import cifarkit.models.cpu_kernels as cpu_kernels  # noqa: E402
 from cifarkit.bench import matmul_gflops  # noqa: E402
 from cifarkit.config import load_recipe  # noqa: E402
-from cifarkit.fsio import write_json  # noqa: E402
+from cifarkit.exits import run_command  # noqa: E402
+from cifarkit.fsio import check_can_write, write_json  # noqa: E402
 from cifarkit.runinfo import run_record  # noqa: E402
 
 IM2COL = cpu_kernels._im2col_weight_grad
@@ -128,6 +129,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="rounds counted, after one warm-up round")
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args()
+    check_can_write(args.json)            # now, not after the minutes of timing
     names = args.variant or list(VARIANTS)
     errors = check_variants()
     recipe = load_recipe(args.recipe, ["device=cpu", "model.cpu_kernels=true"])
@@ -158,4 +160,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command("weight_grad_ab", main))

@@ -4,9 +4,12 @@ holds what the comparison needs."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,3 +60,28 @@ def test_explore_refuses_a_bad_override_in_one_line_and_appends_nothing(fake_cif
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 3 and len(lines) == 1 and lines[0].startswith("explore: error: "), result.stderr
     assert "epochz" in lines[0] and not out.exists()
+
+
+# Each timing script checks where its result goes before it times anything: a result that cannot be
+# written ends the script at once in one line with cifarkit's exit code for it (9), no traceback.
+SCRIPT_ARGS = {
+    "ab_bench": ["--baseline", "HEAD", "--json"],
+    "step_ab": ["--variant", "plain=", "--json"],
+    "weight_grad_ab": ["--json"],
+    "profile_step": ["--json"],
+    "throughput": ["--json"],
+    "selective_tta": ["no-such-run", "--json"],
+    "explore": ["--name", "x", "--data-dir", "no-such-data", "--jsonl"],
+}
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPT_ARGS))
+def test_a_result_path_that_cannot_be_written_stops_the_script_at_once(script, tmp_path):
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
+    out = tmp_path / "notes.txt" / "result.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), *SCRIPT_ARGS[script], str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 9 and len(lines) == 1, result.stderr[-3000:]
+    assert lines[0].startswith(f"{script}: error: cannot write to {out}") and result.stdout == ""

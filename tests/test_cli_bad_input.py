@@ -572,6 +572,18 @@ def test_out_under_a_read_only_directory(capsys, fake_cifar, tmp_path):
         parent.chmod(0o700)
 
 
+def test_bench_out_that_cannot_be_written_fails_before_training(capsys, fake_cifar, tmp_path):
+    """The result file is checked before the warm-up, not written to after minutes of timing."""
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
+    out = tmp_path / "notes.txt" / "bench.json"
+    argv = ["bench", "--recipe", "fast94", "--seeds", "1", "--device", "cpu", "--data-dir", fake_cifar,
+            "--out", out, "--set", "data.verify=false"]
+    rc, stdout, err = run_cli(capsys, argv)
+    msg = error_line(rc, err, argv)
+    assert rc == 9 and f"cannot write to {out}: {out.parent} is not a folder" in msg
+    assert "warm-up" not in stdout and "seed 0" not in stdout
+
+
 # --- evaluate ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("target", ["data folder", "missing"])

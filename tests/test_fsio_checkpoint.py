@@ -4,8 +4,8 @@ import pickle
 import pytest
 import torch
 
-from cifarkit.errors import CheckpointError
-from cifarkit.fsio import append_jsonl, atomic_open, read_jsonl, write_json
+from cifarkit.errors import CheckpointError, OutputError
+from cifarkit.fsio import append_jsonl, atomic_open, check_can_write, read_jsonl, write_json
 from cifarkit.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
 
 
@@ -18,6 +18,24 @@ def test_atomic_write_keeps_old_content_when_writing_fails(tmp_path):
             raise RuntimeError("disk died")
     assert target.read_text() == '{\n  "a": 1\n}\n'
     assert os.listdir(tmp_path) == ["summary.json"]      # no temporary file left behind
+
+
+def test_check_can_write_accepts_what_a_write_would_manage_and_leaves_nothing(tmp_path):
+    check_can_write(tmp_path / "new" / "deeper" / "result.json")     # folders a write would make
+    append_jsonl(tmp_path / "runs.jsonl", {"seed": 0})
+    check_can_write(tmp_path / "runs.jsonl", append=True)
+    assert sorted(os.listdir(tmp_path)) == ["runs.jsonl"]            # no probe file, no folder left
+
+
+@pytest.mark.parametrize("where", ["under a file", "a folder"])
+def test_check_can_write_refuses_what_a_write_would_fail_on(tmp_path, where):
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
+    (tmp_path / "results").mkdir()
+    target = tmp_path / "notes.txt" / "sub" / "result.json" if where == "under a file" else tmp_path / "results"
+    with pytest.raises(OutputError, match=f"cannot write to {target}"):
+        check_can_write(target)
+    assert sorted(os.listdir(tmp_path)) == ["notes.txt", "results"] and os.listdir(tmp_path / "results") == []
+    assert (tmp_path / "notes.txt").read_text() == "a file, not a folder"
 
 
 def test_jsonl_reader_skips_a_torn_last_line(tmp_path):

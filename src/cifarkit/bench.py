@@ -25,7 +25,7 @@ from cifarkit.config import load_recipe, recipe_to_dict
 from cifarkit.device import resolve_device, synchronize
 from cifarkit.evaluate.metrics import accuracy
 from cifarkit.experiment import Experiment
-from cifarkit.fsio import write_json
+from cifarkit.fsio import check_can_write, write_json
 from cifarkit.models.registry import build_model, flops_per_image
 from cifarkit.runinfo import run_record
 from cifarkit.stats import describe, one_sided_p_value
@@ -95,6 +95,8 @@ def _run_benchmark(base, world: World, *, seeds: int, data_dir, out, first_seed:
     suffix = f"-x{world.size}" if world.distributed else ""
     out = Path(out) if out else Path("benchmarks") / "results" / f"{base.name}-{device.type}{suffix}.json"
     write = write_json if world.is_main else (lambda path, data: None)
+    if world.is_main:
+        check_can_write(out)            # before the minutes of training whose result it will hold
 
     speed_before = matmul_gflops(device)
     warm_epochs = warmup_epochs(base)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from cifarkit import __version__
 from cifarkit.cli_help import DESCRIPTION, EXAMPLES
-from cifarkit.errors import EXIT_OUT_OF_MEMORY, CifarkitError, OutputError
+from cifarkit.errors import CifarkitError
+from cifarkit.exits import run_command
 
 DEFAULT_RECIPE = "fast94"
 
@@ -350,35 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.reconfigure(line_buffering=True)   # `cifarkit train > log` can be followed live
     args = build_parser().parse_args(argv)
     args.argv = list(argv)
-    try:
-        return args.func(args)
-    except CifarkitError as e:
-        print(f"cifarkit: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("cifarkit: interrupted", file=sys.stderr)
-        return 130
-    except MemoryError:
-        print("cifarkit: error: out of memory; lower train.batch_size (or train.micro_batch) and "
-              "eval.batch_size with --set", file=sys.stderr)
-        return EXIT_OUT_OF_MEMORY
-    except OSError as e:          # disk full, permissions, ...: files are written atomically, so nothing is torn
-        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-        print(f"cifarkit: error: {where}{e.strerror or e}", file=sys.stderr)
-        return OutputError.exit_code
-    except RuntimeError as e:
-        if not _is_out_of_memory(e):
-            raise
-        print("cifarkit: error: out of memory on the device; lower train.batch_size (or train.micro_batch) "
-              "and eval.batch_size with --set", file=sys.stderr)
-        return EXIT_OUT_OF_MEMORY
-
-
-def _is_out_of_memory(error: RuntimeError) -> bool:
-    """torch.OutOfMemoryError (CUDA) and the CPU allocator's 'DefaultCPUAllocator: can't allocate memory'."""
-    import torch
-    oom = getattr(torch, "OutOfMemoryError", None)
-    return (oom is not None and isinstance(error, oom)) or "can't allocate memory" in str(error)
+    return run_command("cifarkit", lambda: args.func(args))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
 
+from cifarkit.errors import OutputError
+
 
 def _current_umask() -> int:
     mask = os.umask(0)
@@ -37,6 +39,9 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
     path = Path(path)
     tmp = None
     made = missing_folders(path.parent)
+    nearest = made[-1].parent if made else path.parent
+    if not nearest.is_dir():
+        raise OutputError(f"cannot write to {path}: {nearest} is not a folder")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         binary = "b" in mode
@@ -84,6 +89,33 @@ def remove_empty_folders(folders: list[Path]) -> None:
     for folder in folders:
         with contextlib.suppress(OSError):      # not empty (someone else wrote there) or already gone
             folder.rmdir()
+
+
+def check_can_write(path: str | os.PathLike, *, append: bool = False) -> None:
+    """Raise OutputError now if `path` could not be written later: a folder in its place, or a
+    parent folder that cannot be made or written (or, to `append`, a file that cannot be opened
+    for writing). Long jobs call this before they start, not after an hour of work; it probes the
+    way `atomic_open` writes and leaves nothing behind."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"cannot write to {path}: it is a folder")
+    if append and path.exists():
+        if not os.access(path, os.W_OK):
+            raise OutputError(f"cannot write to {path}: {os.strerror(errno.EACCES)}")
+        return
+    made = missing_folders(path.parent)
+    nearest = made[-1].parent if made else path.parent
+    if not nearest.is_dir():
+        raise OutputError(f"cannot write to {path}: {nearest} is not a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OutputError(f"cannot write to {path}: {e.strerror or e}") from None
+    finally:
+        remove_empty_folders(made)
 
 
 def _fsync_dir(directory: Path) -> None:
