@@ -49,6 +49,27 @@ def test_conv3x3_under_bf16_autocast_gives_fp32_weights_a_close_gradient():
     torch.testing.assert_close(ours_w, ref_w, rtol=2 ** -7, atol=1e-3 * ref_w.abs().max().item())
 
 
+def test_the_reused_im2col_buffer_gives_each_call_its_own_columns():
+    """The buffer is shared by every call on the same map shape: a smaller batch after a larger one,
+    and two layers of one backward pass, each get the weight gradient of their own inputs."""
+    from cifarkit.models.cpu_kernels import _im2col_weight_grad
+    generator = torch.Generator().manual_seed(5)
+    cases = [(6, 16, 7, 7), (2, 16, 7, 7), (3, 16, 3, 3), (6, 16, 7, 7)]
+    for n, c, h, w in cases:
+        x = torch.randn(n, c, h, w, generator=generator).contiguous(memory_format=torch.channels_last)
+        grad = torch.randn(n, 8, h, w, generator=generator).contiguous(memory_format=torch.channels_last)
+        ref = torch.ops.aten.convolution_backward(grad, x, torch.zeros(8, c, 3, 3), None, [1, 1], [1, 1], [1, 1],
+                                                  False, [0, 0], 1, [False, True, False])[1]
+        torch.testing.assert_close(_im2col_weight_grad(x, grad), ref, rtol=1e-4, atol=1e-4)
+    x = batch((4, 8, 7, 7)).requires_grad_()
+    w1, w2 = (torch.randn(8, 8, 3, 3, generator=generator, requires_grad=True) for _ in range(2))
+    conv3x3(torch.relu(conv3x3(x, w1)), w2).square().sum().backward()
+    ref_w1, ref_w2 = (w.detach().clone().requires_grad_() for w in (w1, w2))
+    F.conv2d(torch.relu(F.conv2d(x.detach(), ref_w1, padding=1)), ref_w2, padding=1).square().sum().backward()
+    torch.testing.assert_close(w1.grad, ref_w1.grad, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(w2.grad, ref_w2.grad, rtol=1e-4, atol=1e-3)
+
+
 def test_conv3x3_leaves_large_maps_and_inference_to_torch(monkeypatch):
     import cifarkit.models.cpu_kernels as kernels
     calls = []

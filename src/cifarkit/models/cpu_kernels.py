@@ -14,6 +14,8 @@ argmax and a compiled BatchNorm+GELU (benchmarks/README.md, "CPU speed").
 
 from __future__ import annotations
 
+import threading
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -45,14 +47,39 @@ class _Conv3x3(torch.autograd.Function):
         return grad_x, grad_w
 
 
+class _ColumnBuffers(threading.local):
+    """One im2col buffer per map shape, kept for the life of the process (per thread).
+
+    The im2col of a micro-batch of 250 images on the 7x7 maps is 56 MB: above the largest block
+    glibc serves from its heap (32 MB, train/cpu_setup.py), so a fresh tensor would be a fresh
+    mapping, page-faulted in 4 KB at a time on every call, which costs about four times the copy
+    itself (benchmarks/README.md, "CPU speed")."""
+
+    def __init__(self) -> None:
+        self.tensors: dict[tuple, Tensor] = {}
+
+    def get(self, n: int, h: int, w: int, c: int, dtype: torch.dtype) -> Tensor:
+        """An uninitialized (n, h, w, 3, 3, c) tensor; the buffer grows to the largest n asked for."""
+        key = (h, w, c, dtype)
+        held = self.tensors.get(key)
+        if held is None or held.shape[0] < n:
+            held = self.tensors[key] = torch.empty(n, h, w, 3, 3, c, dtype=dtype)
+        return held[:n]
+
+
+_COLUMNS = _ColumnBuffers()
+
+
 def _im2col_weight_grad(x: Tensor, grad: Tensor) -> Tensor:
     """dW[k, c, dy, dx] = sum over n, h, w of grad[n, k, h, w] * x_padded[n, c, h + dy, w + dx]."""
     n, c, h, w = x.shape
     k = grad.shape[1]
     padded = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 1, 1, 1))                  # (N, H+2, W+2, C)
-    cols = torch.cat([padded[:, dy:dy + h, dx:dx + w, :] for dy in range(3) for dx in range(3)], dim=3)
+    sn, sh, sw, sc = padded.stride()
+    taps = padded.as_strided((n, h, w, 3, 3, c), (sn, sh, sw, sh, sw, sc))    # a view: [n, y, x, dy, dx, c]
+    cols = _COLUMNS.get(n, h, w, c, x.dtype).copy_(taps)                        # one strided copy, no new memory
     grad_rows = grad.permute(0, 2, 3, 1).reshape(n * h * w, k).t().contiguous()  # (K, N*H*W)
-    dw = grad_rows @ cols.reshape(n * h * w, 9 * c)                              # (K, 9*C): (dy, dx, c)
+    dw = grad_rows @ cols.view(n * h * w, 9 * c)                                 # (K, 9*C): (dy, dx, c)
     return dw.view(k, 3, 3, c).permute(0, 3, 1, 2)
 
 
