@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "benchmarks")]
 
 import torch  # noqa: E402
-from throughput import random_trainer, train_step  # noqa: E402
+from throughput import random_trainer, timed_step  # noqa: E402
 
 from cifarkit.bench import matmul_gflops  # noqa: E402
 from cifarkit.config import load_recipe  # noqa: E402
@@ -60,12 +58,10 @@ def main() -> None:
     for round_ in range(args.rounds + 1):
         for name, (trainer, batches) in trainers.items():
             x, y = next(batches)
-            faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-            start = time.perf_counter()
-            train_step(trainer, x, y, round_)
+            step_seconds, step_faults = timed_step(trainer, x, y, round_)
             if round_:
-                seconds[name].append(time.perf_counter() - start)
-                faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before)
+                seconds[name].append(step_seconds)
+                faults[name].append(step_faults)
     after = matmul_gflops(torch.device("cpu"))
     first = next(iter(variants))
     medians = {name: statistics.median(s) for name, s in seconds.items()}

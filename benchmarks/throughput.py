@@ -12,6 +12,7 @@ device synchronized around each phase.
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import sys
 import time
@@ -55,6 +56,16 @@ def train_step(trainer, x, y, index: int) -> None:
     """One optimizer step on the batch (x, y), numbered `index` within epoch 0, as the loop runs it."""
     trainer._step(x, y, 0, index)
     trainer.state.step += 1
+
+
+def timed_step(trainer, x, y, index: int) -> tuple[float, int]:
+    """`train_step` on the CPU: its seconds and the process's minor page faults during it (memory
+    mapped afresh and touched for the first time: large tensors allocated every step)."""
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    start = time.perf_counter()
+    train_step(trainer, x, y, index)
+    seconds = time.perf_counter() - start
+    return seconds, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
 
 
 def measure(recipe_name: str, batch: int, device: torch.device, steps: int, warmup: int) -> dict:

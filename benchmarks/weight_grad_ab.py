@@ -1,15 +1,19 @@
 """Time fast94's training step with other ways of computing the small-map weight gradient.
 
     python benchmarks/weight_grad_ab.py --rounds 5 --json benchmarks/results/explorations/weight-grad-variants-cpu.json
+    python benchmarks/weight_grad_ab.py --variant im2col_cat --variant im2col --rounds 12 \
+        --set 'augment.resize_schedule=[]' --json benchmarks/results/explorations/im2col-reused-buffer-step-cpu.json
 
 `model.cpu_kernels` computes the 3x3 convolutions' weight gradient on the 7x7 and 3x3 maps as one
-matrix multiply with an im2col built by concatenating nine shifted views (models/cpu_kernels.py).
-The profiler charges that concatenation and a transposed copy of the output gradient with about a
-fifth of a step, so this script tries forms that avoid them: the transposed operand passed as a
-view, the im2col built for 25 images at a time (so it stays in cache), nine matrix multiplies on
-shifted rows of the padded maps (no im2col at all), and one strided copy (`unfold`). Each variant
-is checked against PyTorch's weight gradient first, then one step of each is timed in turn per round
-(one trainer, the variant swapped in before its step), with the bf16 yardstick before and after.
+matrix multiply with an im2col, copied into a buffer kept per map shape (models/cpu_kernels.py).
+`im2col_cat` is how it built the im2col before: nine shifted views concatenated into a new tensor.
+The other variants avoid other costs: the transposed operand passed as a view, the im2col built for
+25 images at a time (so it stays in cache), nine matrix multiplies on shifted rows of the padded
+maps (no im2col at all), and one strided copy (`unfold`). Each variant is checked against PyTorch's
+weight gradient first, then one step of each is timed in turn per round (one trainer, the variant
+swapped in before its step), with the minor page faults of each step and the bf16 yardstick before
+and after. fast94's first epochs train at 24x24, and the timed step is the first epoch's: `--set
+'augment.resize_schedule=[]'` times a 32x32 step.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +28,7 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT / "benchmarks")]
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from throughput import random_trainer, train_step  # noqa: E402
+from throughput import random_trainer, timed_step  # noqa: E402
 
 import cifarkit.models.cpu_kernels as cpu_kernels  # noqa: E402
 from cifarkit.bench import matmul_gflops  # noqa: E402
@@ -151,15 +154,16 @@ def main() -> None:
     trainer, batches = random_trainer(recipe, torch.device("cpu"), len(names) * (args.rounds + 1) + 1)
     before = matmul_gflops(torch.device("cpu"))
     seconds = {name: [] for name in names}
+    faults = {name: [] for name in names}
     try:
         for round_ in range(args.rounds + 1):
             for name in names:
                 cpu_kernels._im2col_weight_grad = VARIANTS[name]
                 x, y = next(batches)
-                start = time.perf_counter()
-                train_step(trainer, x, y, round_)
+                step_seconds, step_faults = timed_step(trainer, x, y, round_)
                 if round_:
-                    seconds[name].append(time.perf_counter() - start)
+                    seconds[name].append(step_seconds)
+                    faults[name].append(step_faults)
     finally:
         cpu_kernels._im2col_weight_grad = IM2COL
     after = matmul_gflops(torch.device("cpu"))
@@ -167,6 +171,7 @@ def main() -> None:
     first = names[0]
     write_json(args.json, {"recipe": args.recipe, "overrides": args.set, "rounds": args.rounds, "variants": names,
                            "max_relative_error_vs_torch": errors, "step_seconds": seconds,
+                           "minor_page_faults_per_step": faults,
                            "median_step_seconds": medians,
                            f"ratio_to_{first}": {n: m / medians[first] for n, m in medians.items()},
                            "bf16_matmul_gflops": {"before": before, "after": after}, **run_record("cpu")})
