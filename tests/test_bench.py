@@ -71,7 +71,7 @@ EIGHT_EPOCHS_LOOKAHEAD = ["train.epochs=8", "train.lookahead_every=5"]
 @pytest.mark.parametrize("result, recipe, overrides", [
     ("fast94-cpu.json", "fast94-muon", []), ("fast94-cpu-seed3.json", "fast94-muon", []),
     ("fast94-cpu-C.json", "fast94-muon", []), ("fast94-ab-cpu.json", "fast94-muon", []),
-    ("fast94-ab-cpu-lookahead-24px.json", "fast94", []),
+    ("fast94-ab-cpu-lookahead-24px.json", "fast94", []), ("fast94-ab-cpu-5seeds.json", "fast94", []),
     ("fast94-sgd-cpu-db86576.json", "fast94-sgd", []),
     ("explorations/fast94-ab-cpu-8ep-lookahead.json", "fast94-muon", EIGHT_EPOCHS_LOOKAHEAD),
     ("explorations/fast94-cpu-8ep-lookahead-seeds3-4.json", "fast94-muon", EIGHT_EPOCHS_LOOKAHEAD)])
@@ -114,6 +114,19 @@ def test_the_ab_bench_of_fast94_now_ran_three_seeds_each_side_against_71143e1():
     assert (baseline["train"]["lookahead_every"], baseline["augment"]["resize_schedule"]) == (0, [])
     assert ab["baseline_commit"] == "71143e1"
     assert [r["seed"] for r in ab["new"]["runs"]] == [r["seed"] for r in ab["baseline"]["runs"]] == [0, 1, 2]
+
+
+def test_the_five_seed_ab_bench_repeats_the_three_seed_one_on_its_first_seeds():
+    """The README's first fast94 row: five seeds each side against fast94 at 71143e1, after the
+    im2col buffer (bit-identical gradients). Seeds 0-2 must score exactly what the three-seed bench
+    of the same recipe scored, on both sides: training is deterministic per seed, and the kernel
+    change did not change what is computed."""
+    five = json.loads((RESULTS / "fast94-ab-cpu-5seeds.json").read_text())
+    three = json.loads((RESULTS / "fast94-ab-cpu-lookahead-24px.json").read_text())
+    assert five["baseline_commit"] == three["baseline_commit"] == "71143e1"
+    for side in ("new", "baseline"):
+        assert [r["seed"] for r in five[side]["runs"]] == [0, 1, 2, 3, 4]
+        assert [r["accuracy"] for r in five[side]["runs"][:3]] == [r["accuracy"] for r in three[side]["runs"]]
 
 
 def test_the_8_epoch_lookahead_runs_cover_seeds_0_to_4_against_the_same_baseline():
