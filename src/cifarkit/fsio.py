@@ -39,9 +39,6 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
     path = Path(path)
     tmp = None
     made = missing_folders(path.parent)
-    nearest = made[-1].parent if made else path.parent
-    if not nearest.is_dir():
-        raise OutputError(f"cannot write to {path}: {nearest} is not a folder")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         binary = "b" in mode
