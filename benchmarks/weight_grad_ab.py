@@ -44,24 +44,29 @@ def _padded_rows(x):
     return F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 1, 1, 1))           # (N, H+2, W+2, C)
 
 
+def _concatenated_columns(padded, h, w):
+    """The nine shifted (h, w) windows of padded maps side by side: (N, H, W, 9 * C), (dy, dx, c)."""
+    return torch.cat([padded[:, dy:dy + h, dx:dx + w, :] for dy in range(3) for dx in range(3)], dim=3)
+
+
 def im2col_cat(x, grad):
     """The module's im2col before it reused one buffer: nine shifted views concatenated into a new
     tensor on every call."""
     n, c, h, w = x.shape
     k = grad.shape[1]
     padded = _padded_rows(x)
-    cols = torch.cat([padded[:, dy:dy + h, dx:dx + w, :] for dy in range(3) for dx in range(3)], dim=3)
+    cols = _concatenated_columns(padded, h, w)
     grad_rows = grad.permute(0, 2, 3, 1).reshape(n * h * w, k).t().contiguous()
     dw = grad_rows @ cols.reshape(n * h * w, 9 * c)
     return dw.view(k, 3, 3, c).permute(0, 3, 1, 2)
 
 
 def im2col_view(x, grad):
-    """The module's im2col, with the output gradient passed transposed as a view, not copied."""
+    """`im2col_cat` with the output gradient passed transposed as a view, not copied."""
     n, c, h, w = x.shape
     k = grad.shape[1]
     padded = _padded_rows(x)
-    cols = torch.cat([padded[:, dy:dy + h, dx:dx + w, :] for dy in range(3) for dx in range(3)], dim=3)
+    cols = _concatenated_columns(padded, h, w)
     dw = grad.permute(0, 2, 3, 1).reshape(n * h * w, k).t() @ cols.reshape(n * h * w, 9 * c)
     return dw.view(k, 3, 3, c).permute(0, 3, 1, 2)
 
@@ -75,7 +80,7 @@ def im2col_chunked(x, grad, images: int = 25):
     for i in range(0, n, images):
         part = padded[i:i + images]
         m = part.shape[0]
-        cols = torch.cat([part[:, dy:dy + h, dx:dx + w, :] for dy in range(3) for dx in range(3)], dim=3)
+        cols = _concatenated_columns(part, h, w)
         dw += (rows[i:i + images].reshape(m * h * w, k).t() @ cols.reshape(m * h * w, 9 * c)).float()
     return dw.to(x.dtype).view(k, 3, 3, c).permute(0, 3, 1, 2)
 
