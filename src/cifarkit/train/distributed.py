@@ -161,6 +161,10 @@ def join(device: torch.device) -> Iterator[World]:
     except Exception as e:
         if not lost_contact(e):
             raise
+        # Tear the group down here: left to the interpreter's exit, gloo's worker threads can be
+        # destroyed while still joinable, and the process aborts after the error line (SIGABRT).
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
         raise DistributedError(f"rank {rank} of {size} lost contact with another process of the run (it "
                                f"died, or did not answer within {seconds:g} s, CIFARKIT_DIST_TIMEOUT): "
                                f"{_one_line(e)}") from None
