@@ -6,10 +6,10 @@
 For each seed the baseline commit's `cifarkit bench` runs first and this tree's second (the next
 seed alternates the order), each in its own process with one seed, so slow drift of a shared
 machine falls on both sides alike. The baseline runs from a temporary git worktree of that commit.
-The bf16 matrix-multiply yardstick is taken before the first and after the last run. The JSON
-holds every per-seed number of both sides, their medians, the ratio new / baseline, the new side's
-mean accuracy with a one-sided t-test against the recipe's target, and the measured training
-FLOP/s against the yardstick.
+The matrix-multiply yardstick (bf16; fp32 on a CPU without native bf16) is taken before the first
+and after the last run. The JSON holds every per-seed number of both sides, their medians, the
+ratio new / baseline, the new side's mean accuracy with a one-sided t-test against the recipe's
+target, and the measured training FLOP/s against the yardstick.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import torch  # noqa: E402
 
-from cifarkit.bench import matmul_gflops  # noqa: E402
+from cifarkit.bench import matmul_gflops, yardstick_key  # noqa: E402
 from cifarkit.exits import run_command  # noqa: E402
 from cifarkit.fsio import check_can_write, write_json  # noqa: E402
 from cifarkit.runinfo import run_record  # noqa: E402
@@ -108,7 +108,7 @@ def main() -> None:
         "median_seconds_ratio_new_over_baseline": new["seconds"]["median"] / baseline["seconds"]["median"],
         "target_accuracy": target,
         "new_p_value_mean_above_target": one_sided_p_value(accs, target) if target is not None else None,
-        "bf16_matmul_gflops": {"before": before, "after": after},
+        yardstick_key(device): {"before": before, "after": after},
         "new_training_flops_per_second": flops,
         "new_training_flops_share_of_yardstick": flops / 1e9 / max(before, after),
         **run_record(device),

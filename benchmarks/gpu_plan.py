@@ -188,8 +188,9 @@ def write_tiny_recipes(out: Path) -> list[str]:
 
 def peak_flops(device: torch.device) -> tuple[float, str]:
     if device.type == "cpu":
-        from cifarkit.bench import matmul_gflops
-        return matmul_gflops(device) * 1e9, "cpu: cifarkit's bf16 matmul yardstick, measured here"
+        from cifarkit.bench import matmul_gflops, yardstick_precision
+        return (matmul_gflops(device) * 1e9,
+                f"cpu: cifarkit's {yardstick_precision(device)} matmul yardstick, measured here")
     name = torch.cuda.get_device_name(device)
     for key, peak in GPU_PEAK_BF16.items():
         if all(word in name for word in key.split()):

@@ -7,8 +7,9 @@ Each variant is `NAME=OVERRIDE[,OVERRIDE...]` (recipe overrides, as `--set`). Ev
 own trainer on the same random images of CIFAR's shape; each round runs one step of each variant in
 turn, and the first round (kernel selection, compilation) is not counted. This measures the step
 alone: no data loading, validation or evaluation (benchmarks/ab_bench.py times whole runs). The
-bf16 matrix-multiply yardstick is taken before and after, and the minor page faults of each step
-(train/cpu_setup.py keeps freed memory so that steps do not fault in fresh pages).
+matrix-multiply yardstick (bf16; fp32 on a CPU without native bf16) is taken before and after, and
+the minor page faults of each step (train/cpu_setup.py keeps freed memory so that steps do not
+fault in fresh pages).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT / "benchmarks")]
 import torch  # noqa: E402
 from throughput import random_trainer, timed_step  # noqa: E402
 
-from cifarkit.bench import matmul_gflops  # noqa: E402
+from cifarkit.bench import matmul_gflops, yardstick_key  # noqa: E402
 from cifarkit.config import load_recipe  # noqa: E402
 from cifarkit.exits import run_command  # noqa: E402
 from cifarkit.fsio import check_can_write, write_json  # noqa: E402
@@ -70,7 +71,7 @@ def main() -> None:
               "threading_environment": {k: v for k, v in os.environ.items() if k.startswith(("OMP_", "KMP_", "GOMP_"))},
               "step_seconds": seconds, "median_step_seconds": medians,
               f"ratio_to_{first}": {name: m / medians[first] for name, m in medians.items()},
-              "bf16_matmul_gflops": {"before": before, "after": after}, **run_record("cpu")}
+              yardstick_key(torch.device("cpu")): {"before": before, "after": after}, **run_record("cpu")}
     write_json(args.json, result)
     for name, m in medians.items():
         print(f"{name}: median step {m:.3f} s ({m / medians[first]:.3f} x {first})")

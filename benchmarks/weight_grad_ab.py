@@ -11,7 +11,7 @@ The other variants avoid other costs: the transposed operand passed as a view, t
 25 images at a time (so it stays in cache), nine matrix multiplies on shifted rows of the padded
 maps (no im2col at all), and one strided copy (`unfold`). Each variant is checked against PyTorch's
 weight gradient first, then one step of each is timed in turn per round (one trainer, the variant
-swapped in before its step), with the minor page faults of each step and the bf16 yardstick before
+swapped in before its step), with the minor page faults of each step and the yardstick before
 and after. fast94's first epochs train at 24x24, and the timed step is the first epoch's: `--set
 'augment.resize_schedule=[]'` times a 32x32 step.
 """
@@ -31,7 +31,7 @@ import torch.nn.functional as F  # noqa: E402
 from throughput import random_trainer, timed_step  # noqa: E402
 
 import cifarkit.models.cpu_kernels as cpu_kernels  # noqa: E402
-from cifarkit.bench import matmul_gflops  # noqa: E402
+from cifarkit.bench import matmul_gflops, yardstick_key  # noqa: E402
 from cifarkit.config import load_recipe  # noqa: E402
 from cifarkit.exits import run_command  # noqa: E402
 from cifarkit.fsio import check_can_write, write_json  # noqa: E402
@@ -179,7 +179,7 @@ def main() -> None:
                            "minor_page_faults_per_step": faults,
                            "median_step_seconds": medians,
                            f"ratio_to_{first}": {n: m / medians[first] for n, m in medians.items()},
-                           "bf16_matmul_gflops": {"before": before, "after": after}, **run_record("cpu")})
+                           yardstick_key(torch.device("cpu")): {"before": before, "after": after}, **run_record("cpu")})
     for name, m in medians.items():
         print(f"{name}: median step {m:.3f} s ({m / medians[first]:.3f} x {first})")
 

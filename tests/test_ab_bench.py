@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from cifarkit.bench import yardstick
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -31,7 +33,8 @@ def test_ab_bench_alternates_and_records_both_sides(fake_cifar, tmp_path):
     assert ab["baseline"]["recipe_resolved"]["train"]["label_smoothing"] == 0.2
     ratio = ab["new"]["seconds"]["median"] / ab["baseline"]["seconds"]["median"]
     assert ab["median_seconds_ratio_new_over_baseline"] == ratio
-    assert ab["bf16_matmul_gflops"]["before"] > 0 and ab["bf16_matmul_gflops"]["after"] > 0
+    speed = yardstick(ab)
+    assert speed["before"] > 0 and speed["after"] > 0
     assert 0 < ab["new_training_flops_share_of_yardstick"]
 
 
@@ -72,6 +75,7 @@ SCRIPT_ARGS = {
     "throughput": ["--json"],
     "selective_tta": ["no-such-run", "--json"],
     "explore": ["--name", "x", "--data-dir", "no-such-data", "--jsonl"],
+    "precision_speed": ["--json"],
 }
 
 
@@ -85,3 +89,17 @@ def test_a_result_path_that_cannot_be_written_stops_the_script_at_once(script, t
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 9 and len(lines) == 1, result.stderr[-3000:]
     assert lines[0].startswith(f"{script}: error: cannot write to {out}") and result.stdout == ""
+
+
+def test_precision_speed_measures_both_precisions_and_names_the_machine(tmp_path):
+    out = tmp_path / "precision.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "precision_speed.py"), "--json", str(out),
+               "--rounds", "1", "--matmul-size", "64"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    speed = json.loads(out.read_text())
+    for kind in ("matmul_gflops", "conv_train_gflops"):
+        assert set(speed[kind]) == {"fp32", "bf16"} and min(speed[kind].values()) > 0
+        assert speed["bf16_over_fp32"][kind] == speed[kind]["bf16"] / speed[kind]["fp32"]
+    assert speed["native_bf16"] == speed["hardware"]["native_bf16"]
+    assert speed["matmul_size"] == 64 and "torch" in speed["versions"]

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from cifarkit.device import cpu_has_native_bf16
 from cifarkit.cli import main
 from cifarkit.data.custom_test import read_submission
 from fakes import make_custom_test_pickle
@@ -39,6 +40,9 @@ def test_train_writes_a_complete_run_directory(trained_run):
     run_info = json.loads((trained_run / "run.json").read_text())
     assert run_info["versions"]["torch"] == torch.__version__ and run_info["seed"] == 1
     assert run_info["train"]["epochs_run"] == 2
+    # seed000 trains in 'auto' precision: what that chose here is recorded with the reason
+    assert run_info["hardware"]["native_bf16"] == cpu_has_native_bf16()
+    assert run_info["precision"] == ("bf16" if cpu_has_native_bf16() else "fp32")
 
 
 def test_evaluate_reports_every_model_and_writes_plots(trained_run):

@@ -22,7 +22,7 @@ import torch
 
 from cifarkit.augment.schedule import resize_size_at
 from cifarkit.config import load_recipe, recipe_to_dict
-from cifarkit.device import resolve_device, synchronize
+from cifarkit.device import effective_precision, native_bf16, resolve_device, synchronize
 from cifarkit.evaluate.metrics import accuracy
 from cifarkit.experiment import Experiment
 from cifarkit.fsio import check_can_write, write_json
@@ -33,14 +33,32 @@ from cifarkit.train.distributed import World, join
 from cifarkit.train.interrupt import Interrupted
 
 
+def yardstick_precision(device: torch.device) -> str:
+    """The precision of the matrix-multiply yardstick: bf16 where `device` has native bf16, fp32
+    elsewhere (an emulated bf16 multiply measures the emulation, at a fraction of a GFLOP/s)."""
+    return "bf16" if native_bf16(device) else "fp32"
+
+
+def yardstick_key(device: torch.device) -> str:
+    """The benchmark JSON's key for the yardstick: bf16_matmul_gflops or fp32_matmul_gflops."""
+    return f"{yardstick_precision(device)}_matmul_gflops"
+
+
+def yardstick(result: dict) -> dict:
+    """The {before, after} yardstick of a benchmark JSON, whichever precision it was taken in."""
+    return result.get("bf16_matmul_gflops") or result["fp32_matmul_gflops"]
+
+
 def matmul_gflops(device: torch.device, repeats: int = 5) -> float:
-    """The machine's bf16 matrix-multiply speed in GFLOP/s (best of three rounds): a yardstick for
-    comparing wall times across machines, and across the start and end of one long benchmark on a
-    shared one. Training on these nets is mostly convolutions, which run at about this speed."""
+    """The machine's matrix-multiply speed in GFLOP/s (best of three rounds), in the yardstick's
+    precision: a yardstick for comparing wall times across machines, and across the start and end
+    of one long benchmark on a shared one. Training on these nets is mostly convolutions, which run
+    at about this speed."""
     n = 2048 if device.type == "cpu" else 8192
+    dtype = torch.bfloat16 if yardstick_precision(device) == "bf16" else torch.float32
     generator = torch.Generator(device=device).manual_seed(0)
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16, generator=generator)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16, generator=generator)
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=generator)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=generator)
     a @ b                                    # first call: kernel selection, allocation
     best = float("inf")
     for _ in range(3):
@@ -159,7 +177,8 @@ def _result(base, experiment: Experiment, runs: list[dict], warmup_seconds: floa
         "warmup_seconds": warmup_seconds, "warmup_epochs": warmup_epochs(base),
         "forward_flops_per_image": fwd_flops,
         "timing": "first training step to end of the final TTA evaluation; data decoded and on the device",
-        "bf16_matmul_gflops": {"before": speed_before, "after": speed_after},
+        "precision": effective_precision(base.train.precision, experiment.device),
+        yardstick_key(experiment.device): {"before": speed_before, "after": speed_after},
         "recipe_resolved": recipe_to_dict(base), **record,
     }
     if runs:

@@ -21,7 +21,7 @@ from cifarkit.errors import ConfigError
 from cifarkit.models.specs import MODEL_SPECS, ModelSpec, ResNetSpec
 from cifarkit.schema import check, coerce, nearest, parse_dataclass, to_dict
 
-Precision = Literal["fp32", "bf16", "fp16"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
 MAX_WARMUP_EPOCHS = 1e6
 MAX_BASE_DEPTH = 16                       # recipes a `base:` chain may pass through
 # A recipe's name names its run folder (runs/<name>-s<seed>), so it may not leave runs/.
@@ -170,7 +170,7 @@ class TrainConfig:
     # 1 - eps and every other class eps / (C - 1) (references 000 and 002)
     label_smoothing_form: Literal["uniform", "other_classes"] = "uniform"
     focal_gamma: float = 1.0
-    precision: Precision = "bf16"
+    precision: Precision = "auto"            # auto: bf16 on hardware with native bf16, else fp32
     channels_last: bool = True
     compile: bool = False
     grad_clip: float = 0.0                # max global grad norm; 0 = off

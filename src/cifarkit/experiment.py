@@ -28,7 +28,7 @@ from cifarkit.augment.pipeline import build_augment, describe_augment
 from cifarkit.config import Recipe
 from cifarkit.data.loader import DeviceLoader
 from cifarkit.data.prepare import PreparedData, prepare_data
-from cifarkit.device import check_training_precision, inference_precision, resolve_device
+from cifarkit.device import check_training_precision, emulated_bf16_warning, inference_precision, resolve_device
 from cifarkit.evaluate.inference import infer
 from cifarkit.models.registry import build_model, check_budget
 from cifarkit.models.trainable import TrainableModel
@@ -68,6 +68,9 @@ class Experiment:
         over the parameter budget -- before any data is read or file written. Returns the
         parameter count."""
         check_training_precision(self.recipe.train.precision, self.device)
+        warning = emulated_bf16_warning(self.recipe.train.precision, self.device)
+        if warning:
+            self.log(warning)
         with torch.random.fork_rng(devices=[]):       # a throwaway model must not move the seed
             model = build_model(self.recipe.model, self.num_classes)
         return check_budget(model, self.recipe.budget, self.recipe.allow_over_budget)

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 import cifarkit
+from cifarkit.device import native_bf16
 
 
 def git_commit() -> str | None:
@@ -70,6 +71,7 @@ def hardware(device: torch.device | str = "cpu") -> dict:
         "cpu_identity": cpu_identity(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "native_bf16": native_bf16(device),
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from cifarkit.device import cpu_has_native_bf16
+
 # Feature maps of at most this many pixels take the im2col weight gradient: FastNet's 7x7 and 3x3
 # maps, where it was measured faster; on its 15x15 and 31x31 maps oneDNN's kernel is faster.
 IM2COL_MAX_PIXELS = 64
@@ -90,6 +92,9 @@ def conv3x3(x: Tensor, weight: Tensor) -> Tensor:
         return F.conv2d(x, weight, None, 1, 1)
     if torch.is_autocast_enabled("cpu"):            # what autocast would do to conv2d's arguments
         dtype = torch.get_autocast_dtype("cpu")
+        if dtype == torch.bfloat16 and not cpu_has_native_bf16():
+            # PyTorch's emulated bf16 matrix multiply is hundreds of times slower than its convolution
+            return F.conv2d(x, weight, None, 1, 1)
         x, weight = x.to(dtype), weight.to(dtype)
     with torch.autocast("cpu", enabled=False):
         return _Conv3x3.apply(x, weight)

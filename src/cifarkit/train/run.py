@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 
 from cifarkit.config import Recipe
-from cifarkit.device import resolve_device
+from cifarkit.device import effective_precision, resolve_device
 from cifarkit.experiment import Experiment
 from cifarkit.fsio import write_json
 from cifarkit.rundir import RunDir, check_writable
@@ -59,6 +59,7 @@ def train_run(recipe: Recipe, run_dir: str | Path, *, data_dir=None, resume: boo
                 raise
             record = run_record(experiment.device, command=command_line(sys.argv),
                                 data_source=experiment.data.arrays.source, seed=recipe.seed,
+                                precision=effective_precision(recipe.train.precision, experiment.device),
                                 started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
             if world.distributed:
                 record["processes"] = {"world_size": world.size, "backend": torch.distributed.get_backend()}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import time
 
+from cifarkit.device import describe_precision
 from cifarkit.train.callbacks.base import Callback
 
 
@@ -34,7 +35,8 @@ class Progress(Callback):
         self.last_print_time, self.last_print_step = self.start_time, st.step
         if st.epoch == 0 and st.batch == 0:
             trainer.log(f"training {trainer.recipe.name}: {cfg.epochs} epochs x {trainer.steps_per_epoch} steps, "
-                        f"batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr}, {cfg.precision} on {trainer.device}")
+                        f"batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr}, "
+                        f"{describe_precision(cfg.precision, trainer.device)} on {trainer.device}")
         if self.terminal:
             from tqdm import tqdm
             self.bar = tqdm(total=self.total, initial=st.step, unit="step", dynamic_ncols=True, leave=False,
