@@ -87,4 +87,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_command("precision_speed.py", main)
+    sys.exit(run_command("precision_speed", main))
