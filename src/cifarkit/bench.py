@@ -35,7 +35,7 @@ from cifarkit.train.interrupt import Interrupted
 
 def yardstick_precision(device: torch.device) -> str:
     """The precision of the matrix-multiply yardstick: bf16 where `device` has native bf16, fp32
-    elsewhere (an emulated bf16 multiply measures the emulation, at a fraction of a GFLOP/s)."""
+    elsewhere (an emulated bf16 multiply measures the emulation, under 1 GFLOP/s on an AVX2 CPU)."""
     return "bf16" if native_bf16(device) else "fp32"
 
 

@@ -21,8 +21,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 @functools.lru_cache(maxsize=None)
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU multiplies bf16 in hardware (x86: AVX512-BF16 or AMX; elsewhere: oneDNN's
-    bf16 support). Without it bf16 is emulated: on a 2-core AVX2 AMD EPYC, a bf16 convolution ran
-    at a quarter of fp32's speed and a bf16 matrix multiply at 0.3 GFLOP/s against fp32's 130."""
+    bf16 support). Without it bf16 is emulated, an order of magnitude slower than fp32 or worse
+    (benchmarks/results/precision-speed-cpu-D.json)."""
     if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686"):
         cpu = torch.cpu
         checks = (getattr(cpu, "_is_avx512_bf16_supported", None), getattr(cpu, "_is_amx_tile_supported", None))
