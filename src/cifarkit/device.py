@@ -76,7 +76,7 @@ def describe_precision(precision: str, device: torch.device) -> str:
 def emulated_bf16_warning(precision: str, device: torch.device) -> str | None:
     """A line for a run that asks for bf16 on a CPU that only emulates it, or None."""
     if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
-        return ("this CPU has no native bf16 (no AVX512-BF16 or AMX), so bf16 runs emulated, several times "
+        return ("this CPU has no native bf16 (no AVX512-BF16 or AMX), so bf16 runs emulated, an order of magnitude "
                 "slower than fp32; --set train.precision=auto (or fp32) trains in fp32 here")
     return None
 
