@@ -18,7 +18,7 @@ data: {verify: false, val_size: 100}
 model: {arch: resnet, stem_width: 8, widths: [8, 16], blocks: [1, 1]}
 augment: {crop_padding: 2, flip: random}
 train: {epochs: 4, batch_size: 50, optimizer: sgd, lr: 0.05, momentum: 0.9, weight_decay: 0.0005,
-        schedule: cosine, warmup_epochs: 0, precision: bf16}
+        schedule: cosine, warmup_epochs: 0, precision: auto}
 eval: {tta: none}
 """
 
