@@ -3,9 +3,10 @@
 
     python benchmarks/precision_speed.py --json benchmarks/results/precision-speed-cpu.json
 
-Times a square matrix multiply and fast94's widest 3x3 convolution (forward and both gradients,
-channels-last, bf16 through autocast as in training) in each precision, best of `--rounds` after
-one untimed call, on all of torch's threads. The JSON records the GFLOP/s of each, the bf16/fp32
+Times a square matrix multiply (as cifarkit's yardstick times it: best of three single calls after
+an untimed one) and fast94's widest 3x3 convolution (forward and both gradients, channels-last,
+bf16 through autocast as in training, best of `--rounds` after an untimed call) in each precision,
+on all of torch's threads. The JSON records the GFLOP/s of each, the bf16/fp32
 ratios, whether torch sees native bf16, and the machine.
 """
 
@@ -22,12 +23,13 @@ sys.path[:0] = [str(ROOT / "src")]
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from cifarkit.bench import matmul_gflops  # noqa: E402
 from cifarkit.device import cpu_has_native_bf16  # noqa: E402
 from cifarkit.exits import run_command  # noqa: E402
 from cifarkit.fsio import check_can_write, write_json  # noqa: E402
 from cifarkit.runinfo import run_record  # noqa: E402
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+PRECISIONS = ("fp32", "bf16")
 # fast94's second block: 250 images (a micro-batch), 64 -> 256 channels on 16x16 maps
 CONV = {"batch": 250, "in_channels": 64, "out_channels": 256, "size": 16}
 
@@ -40,12 +42,6 @@ def best_seconds(fn, rounds: int) -> float:
         fn()
         best = min(best, time.perf_counter() - start)
     return best
-
-
-def matmul_gflops(dtype: torch.dtype, n: int, rounds: int) -> float:
-    generator = torch.Generator().manual_seed(0)
-    a, b = (torch.randn(n, n, generator=generator).to(dtype) for _ in range(2))
-    return 2 * n ** 3 / best_seconds(lambda: a @ b, rounds) / 1e9
 
 
 def conv_gflops(precision: str, rounds: int) -> float:
@@ -68,15 +64,15 @@ def conv_gflops(precision: str, rounds: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, required=True)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds of the convolution")
     parser.add_argument("--matmul-size", type=int, default=1024,
                         help="n of the n x n multiply (an emulated bf16 one of 2048 takes about a minute)")
     args = parser.parse_args()
     check_can_write(args.json)
     result = {"threads": torch.get_num_threads(), "native_bf16": cpu_has_native_bf16(),
               "matmul_size": args.matmul_size, "conv": CONV, "matmul_gflops": {}, "conv_train_gflops": {}}
-    for name, dtype in DTYPES.items():
-        result["matmul_gflops"][name] = matmul_gflops(dtype, args.matmul_size, args.rounds)
+    for name in PRECISIONS:
+        result["matmul_gflops"][name] = matmul_gflops(torch.device("cpu"), 1, precision=name, n=args.matmul_size)
         result["conv_train_gflops"][name] = conv_gflops(name, args.rounds)
         print(f"{name}: matmul {result['matmul_gflops'][name]:.1f} GFLOP/s, "
               f"conv (forward + gradients) {result['conv_train_gflops'][name]:.1f} GFLOP/s", flush=True)

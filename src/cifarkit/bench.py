@@ -49,13 +49,14 @@ def yardstick(result: dict) -> dict:
     return result.get("bf16_matmul_gflops") or result["fp32_matmul_gflops"]
 
 
-def matmul_gflops(device: torch.device, repeats: int = 5) -> float:
-    """The machine's matrix-multiply speed in GFLOP/s (best of three rounds), in the yardstick's
-    precision: a yardstick for comparing wall times across machines, and across the start and end
-    of one long benchmark on a shared one. Training on these nets is mostly convolutions, which run
-    at about this speed."""
-    n = 2048 if device.type == "cpu" else 8192
-    dtype = torch.bfloat16 if yardstick_precision(device) == "bf16" else torch.float32
+def matmul_gflops(device: torch.device, repeats: int = 5, *, precision: str | None = None,
+                  n: int | None = None) -> float:
+    """The machine's matrix-multiply speed in GFLOP/s (best of three rounds), by default in the
+    yardstick's precision and size: a yardstick for comparing wall times across machines, and
+    across the start and end of one long benchmark on a shared one. Training on these nets is
+    mostly convolutions, which run at about this speed."""
+    n = n or (2048 if device.type == "cpu" else 8192)
+    dtype = torch.bfloat16 if (precision or yardstick_precision(device)) == "bf16" else torch.float32
     generator = torch.Generator(device=device).manual_seed(0)
     a = torch.randn(n, n, device=device, dtype=dtype, generator=generator)
     b = torch.randn(n, n, device=device, dtype=dtype, generator=generator)
