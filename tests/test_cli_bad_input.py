@@ -301,13 +301,15 @@ def test_unwritable_submission_path(capsys, trained_run, tmp_path, where):
     if where == "a directory":
         output = tmp_path / "results"
         output.mkdir()
-        expected = "it is a directory"
+        expected = "it is a folder; name a file in it"
     else:
         (tmp_path / "results").write_text("a file")
         output = tmp_path / "results" / "sub.csv"
-        expected = "is a file, not a directory"
-    msg = user_error(capsys, ["predict", trained_run, "-i", good, "-o", output, "--device", "cpu"])
-    assert f"cannot write {output}" in msg and expected in msg
+        expected = f"{tmp_path / 'results'} is not a folder"
+    argv = ["predict", trained_run, "-i", good, "-o", output, "--device", "cpu"]
+    rc, _, err = run_cli(capsys, argv)
+    msg = error_line(rc, err, argv)
+    assert rc == 9 and f"cannot write to {output}: {expected}" in msg       # an output error, like train's and bench's
     assert sorted(os.listdir(tmp_path)) == ["results", "test.pkl"]
 
 

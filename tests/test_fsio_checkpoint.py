@@ -1,3 +1,4 @@
+import errno
 import os
 import pickle
 
@@ -5,7 +6,7 @@ import pytest
 import torch
 
 from cifarkit.errors import CheckpointError, OutputError
-from cifarkit.fsio import append_jsonl, atomic_open, check_can_write, read_jsonl, write_json
+from cifarkit.fsio import append_jsonl, atomic_open, check_can_write, check_folder_writable, read_jsonl, write_json
 from cifarkit.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
 
 
@@ -36,6 +37,20 @@ def test_check_can_write_refuses_what_a_write_would_fail_on(tmp_path, where):
         check_can_write(target)
     assert sorted(os.listdir(tmp_path)) == ["notes.txt", "results"] and os.listdir(tmp_path / "results") == []
     assert (tmp_path / "notes.txt").read_text() == "a file, not a folder"
+
+
+def test_check_folder_writable_makes_the_folder_and_leaves_no_probe(tmp_path):
+    check_folder_writable(tmp_path / "runs" / "a")
+    assert os.listdir(tmp_path / "runs" / "a") == []
+
+
+def test_check_folder_writable_on_a_full_disk_leaves_no_partial_probe(monkeypatch, tmp_path):
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OutputError, match=f"cannot write to {tmp_path / 'run'}: No space left on device"):
+        check_folder_writable(tmp_path / "run")
+    assert os.listdir(tmp_path / "run") == []              # the half-written megabyte is gone too
 
 
 def test_jsonl_reader_skips_a_torn_last_line(tmp_path):

@@ -95,7 +95,7 @@ def check_can_write(path: str | os.PathLike, *, append: bool = False) -> None:
     way `atomic_open` writes and leaves nothing behind."""
     path = Path(path)
     if path.is_dir():
-        raise OutputError(f"cannot write to {path}: it is a folder")
+        raise OutputError(f"cannot write to {path}: it is a folder; name a file in it")
     if append and path.exists():
         if not os.access(path, os.W_OK):
             raise OutputError(f"cannot write to {path}: {os.strerror(errno.EACCES)}")
@@ -113,6 +113,25 @@ def check_can_write(path: str | os.PathLike, *, append: bool = False) -> None:
         raise OutputError(f"cannot write to {path}: {e.strerror or e}") from None
     finally:
         remove_empty_folders(made)
+
+
+def check_folder_writable(folder: str | os.PathLike) -> None:
+    """Make `folder` (with its parents) and raise OutputError now if a megabyte could not be written
+    and synced there: a run directory is checked before the hour of training that fills it. The
+    probe file is removed whether or not the write succeeded."""
+    folder = Path(folder)
+    probe = folder / ".cifarkit-write-test"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 1024 * 1024)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise OutputError(f"cannot write to {folder}: {e.strerror or e}") from None
+    finally:
+        with contextlib.suppress(OSError):      # a disk that filled up mid-probe keeps no partial file
+            probe.unlink()
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -65,7 +65,7 @@ class RunDir:
 
     def create(self, recipe: Recipe) -> None:
         """Make the directory for a new run and write its resolved recipe (callers check writability
-        with `check_writable` first, before any long work)."""
+        with `fsio.check_folder_writable` first, before any long work)."""
         self.check_new()
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         write_text(self.recipe_path, dump_recipe(recipe))
@@ -155,17 +155,3 @@ class RunDir:
             yield
         finally:
             os.close(fd)                     # closing releases the lock
-
-
-def check_writable(directory: Path) -> None:
-    """Fail before training when outputs could not be written, rather than after an hour."""
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / ".cifarkit-write-test"
-        with open(probe, "wb") as f:
-            f.write(b"\0" * 1024 * 1024)
-            f.flush()
-            os.fsync(f.fileno())
-        probe.unlink()
-    except OSError as e:
-        raise OutputError(f"cannot write to {directory}: {e.strerror or e}") from None

@@ -20,7 +20,7 @@ import numpy as np
 from cifarkit.data.integers import IntVectorError, int_vector
 from cifarkit.data.safe_pickle import safe_load
 from cifarkit.errors import DataError
-from cifarkit.fsio import atomic_open
+from cifarkit.fsio import atomic_open, check_can_write
 
 DEFAULT_HEADER = ("ID", "Labels")
 
@@ -119,26 +119,13 @@ def write_submission(path: str | os.PathLike, ids: Sequence[int] | np.ndarray,
         raise DataError(f"cannot write {path}: labels must be class indices in 0..{num_classes - 1}")
     if len(header) != 2:
         raise DataError(f"cannot write {path}: the header needs exactly two column names, got {list(header)}")
-    check_writable_target(path)
+    check_can_write(path)
     order = np.argsort(ids_array, kind="stable")
     with atomic_open(path, "w") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(header)
         writer.writerows(zip(ids_array[order].tolist(), labels_array[order].tolist()))
     return path
-
-
-def check_writable_target(path: Path) -> None:
-    """DataError when `path` is a folder or sits under a file or a read-only folder."""
-    if path.is_dir():
-        raise DataError(f"cannot write {path}: it is a directory; give a file name such as {path / 'submission.csv'}")
-    ancestor = path.parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent   # the first folder that exists; atomic_open creates the rest
-    if ancestor.exists() and not ancestor.is_dir():
-        raise DataError(f"cannot write {path}: {ancestor} is a file, not a directory")
-    if ancestor.is_dir() and not os.access(ancestor, os.W_OK | os.X_OK):
-        raise DataError(f"cannot write {path}: {ancestor} is not writable")
 
 
 def _int_vector(values: Sequence[int] | np.ndarray, name: str) -> np.ndarray:

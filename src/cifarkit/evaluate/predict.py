@@ -7,12 +7,13 @@ from typing import Callable
 
 import numpy as np
 
-from cifarkit.data.custom_test import check_writable_target, load_custom_test, write_submission
+from cifarkit.data.custom_test import load_custom_test, write_submission
 from cifarkit.data.images import load_image
 from cifarkit.data.loader import channel_stats, normalized_batches
 from cifarkit.device import inference_precision, resolve_device
 from cifarkit.evaluate.inference import infer
 from cifarkit.evaluate.loading import TrainedModel, load_models
+from cifarkit.fsio import check_can_write
 from cifarkit.train.checkpoint_schema import check_finite_logits
 
 
@@ -38,7 +39,7 @@ def predict_submission(source, input_path, output_path, *, weights="auto", tta=N
                        header=("ID", "Labels"), self_normalize=False, log: Callable[[str], None] = print) -> dict:
     device = resolve_device(device)
     images, ids = load_custom_test(input_path)          # validated before any model is loaded
-    check_writable_target(Path(output_path))
+    check_can_write(output_path)
     members = load_models(source, weights, device)
     probs = predict_array(members, images, tta=tta, device=device, self_normalize=self_normalize)
     labels = probs.argmax(1)

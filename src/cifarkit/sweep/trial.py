@@ -20,9 +20,9 @@ import torch
 from cifarkit.config import Recipe, recipe_from_dict, recipe_to_dict
 from cifarkit.errors import BudgetError, ConfigError, TrainingDiverged
 from cifarkit.experiment import Experiment
-from cifarkit.fsio import write_json
+from cifarkit.fsio import check_folder_writable, write_json
 from cifarkit.models.registry import build_model, check_budget, count_parameters
-from cifarkit.rundir import RunDir, check_writable
+from cifarkit.rundir import RunDir
 from cifarkit.runinfo import run_record
 from cifarkit.sweep.space import Space, sample, trial_recipe_dict
 from cifarkit.train.callbacks.optuna_pruning import OptunaPruning
@@ -95,7 +95,7 @@ def train_trial(experiment: Experiment, run_dir: Path, trial: optuna.Trial) -> d
     run = RunDir(run_dir)
     with run.lock():
         run.check_new()
-        check_writable(run.root)
+        check_folder_writable(run.root)
         trainer = experiment.build_trainer(run, progress=False)
         trainer.callbacks.append(OptunaPruning(trial))
         run.create(experiment.recipe)

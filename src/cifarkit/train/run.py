@@ -13,8 +13,8 @@ import torch
 from cifarkit.config import Recipe
 from cifarkit.device import effective_precision, resolve_device
 from cifarkit.experiment import Experiment
-from cifarkit.fsio import write_json
-from cifarkit.rundir import RunDir, check_writable
+from cifarkit.fsio import check_folder_writable, write_json
+from cifarkit.rundir import RunDir
 from cifarkit.runinfo import run_record
 from cifarkit.train.checkpoint import load_checkpoint
 from cifarkit.train.checkpoint_schema import validate_training_checkpoint
@@ -95,11 +95,11 @@ def _start(run: RunDir, experiment: Experiment, recipe: Recipe, data_dir, resume
             diffs = run.check_resume(recipe, force)
             if diffs:
                 log("resuming with a changed recipe (--force): " + "; ".join(diffs))
-            check_writable(run.root)
+            check_folder_writable(run.root)
             run.remove_stale_temporaries()
         else:
             run.check_new()            # refuse early, before any data is read
-            check_writable(run.root)
+            check_folder_writable(run.root)
 
     world.together(check_run_dir)
     # One process per machine reads (or downloads) the data first, then the others read that copy.
