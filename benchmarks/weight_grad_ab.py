@@ -27,7 +27,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "benchmarks")]
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from throughput import random_trainer, timed_step  # noqa: E402
 
 import cifarkit.models.cpu_kernels as cpu_kernels  # noqa: E402
@@ -40,10 +39,6 @@ from cifarkit.runinfo import run_record  # noqa: E402
 IM2COL = cpu_kernels._im2col_weight_grad
 
 
-def _padded_rows(x):
-    return F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 1, 1, 1))           # (N, H+2, W+2, C)
-
-
 def _concatenated_columns(padded, h, w):
     """The nine shifted (h, w) windows of padded maps side by side: (N, H, W, 9 * C), (dy, dx, c)."""
     return torch.cat([padded[:, dy:dy + h, dx:dx + w, :] for dy in range(3) for dx in range(3)], dim=3)
@@ -54,7 +49,7 @@ def im2col_cat(x, grad):
     tensor on every call."""
     n, c, h, w = x.shape
     k = grad.shape[1]
-    padded = _padded_rows(x)
+    padded = cpu_kernels._padded_rows(x)
     cols = _concatenated_columns(padded, h, w)
     grad_rows = grad.permute(0, 2, 3, 1).reshape(n * h * w, k).t().contiguous()
     dw = grad_rows @ cols.reshape(n * h * w, 9 * c)
@@ -65,7 +60,7 @@ def im2col_view(x, grad):
     """`im2col_cat` with the output gradient passed transposed as a view, not copied."""
     n, c, h, w = x.shape
     k = grad.shape[1]
-    padded = _padded_rows(x)
+    padded = cpu_kernels._padded_rows(x)
     cols = _concatenated_columns(padded, h, w)
     dw = grad.permute(0, 2, 3, 1).reshape(n * h * w, k).t() @ cols.reshape(n * h * w, 9 * c)
     return dw.view(k, 3, 3, c).permute(0, 3, 1, 2)
@@ -75,7 +70,7 @@ def im2col_chunked(x, grad, images: int = 25):
     """The im2col of `images` images at a time, accumulated in fp32."""
     n, c, h, w = x.shape
     k = grad.shape[1]
-    padded, rows = _padded_rows(x), grad.permute(0, 2, 3, 1)
+    padded, rows = cpu_kernels._padded_rows(x), grad.permute(0, 2, 3, 1)
     dw = torch.zeros(k, 9 * c, dtype=torch.float32)
     for i in range(0, n, images):
         part = padded[i:i + images]
@@ -91,8 +86,8 @@ def shifted_matmuls(x, grad):
     rows that wrap around contribute nothing."""
     n, c, h, w = x.shape
     k = grad.shape[1]
-    x_rows = _padded_rows(x).reshape(-1, c)
-    g_rows = _padded_rows(grad).reshape(-1, k)
+    x_rows = cpu_kernels._padded_rows(x).reshape(-1, c)
+    g_rows = cpu_kernels._padded_rows(grad).reshape(-1, k)
     row = w + 2
     lo, hi = row + 1, g_rows.shape[0] - row - 1
     g_t = g_rows[lo:hi].t()
@@ -108,7 +103,7 @@ def unfold_copy(x, grad):
     """The im2col as one strided copy of `unfold` views, in the weight's (c, dy, dx) order."""
     n, c, h, w = x.shape
     k = grad.shape[1]
-    cols = _padded_rows(x).unfold(1, 3, 1).unfold(2, 3, 1).reshape(n * h * w, c * 9)
+    cols = cpu_kernels._padded_rows(x).unfold(1, 3, 1).unfold(2, 3, 1).reshape(n * h * w, c * 9)
     return (grad.permute(0, 2, 3, 1).reshape(n * h * w, k).t() @ cols).view(k, c, 3, 3)
 
 

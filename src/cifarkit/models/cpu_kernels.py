@@ -71,11 +71,16 @@ class _ColumnBuffers(threading.local):
 _COLUMNS = _ColumnBuffers()
 
 
+def _padded_rows(x: Tensor) -> Tensor:
+    """x (N, C, H, W) as (N, H+2, W+2, C) with a one-pixel zero border: the rows the 3x3 taps read."""
+    return F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 1, 1, 1))
+
+
 def _im2col_weight_grad(x: Tensor, grad: Tensor) -> Tensor:
     """dW[k, c, dy, dx] = sum over n, h, w of grad[n, k, h, w] * x_padded[n, c, h + dy, w + dx]."""
     n, c, h, w = x.shape
     k = grad.shape[1]
-    padded = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 1, 1, 1))                  # (N, H+2, W+2, C)
+    padded = _padded_rows(x)
     sn, sh, sw, sc = padded.stride()
     taps = padded.as_strided((n, h, w, 3, 3, c), (sn, sh, sw, sh, sw, sc))    # a view: [n, y, x, dy, dx, c]
     cols = _COLUMNS.get(n, h, w, c, x.dtype).copy_(taps)                        # one strided copy, no new memory
