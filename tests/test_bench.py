@@ -137,6 +137,23 @@ def test_the_five_seed_ab_bench_repeats_the_three_seed_one_on_its_first_seeds():
         assert [r["accuracy"] for r in five[side]["runs"][:3]] == [r["accuracy"] for r in three[side]["runs"]]
 
 
+def test_the_fp32_runs_on_d_are_fast94_as_it_is_on_a_cpu_without_native_bf16():
+    """The README's D rows pool seed 0 of `cifarkit train` with seeds 1-2 of `cifarkit bench`: both
+    must have run fast94 in the fp32 that `train.precision: auto` picks on a CPU whose flags show no
+    bf16 units, on distinct seeds, and the bench with the recipe fast94 resolves to now."""
+    from cifarkit.config import load_recipe, recipe_from_dict, recipe_to_dict
+    bench = json.loads((RESULTS / "fast94-cpu-D-seeds1-2.json").read_text())
+    train = json.loads((RESULTS / "fast94-cpu-D-train" / "run.json").read_text())
+    for record in (bench, train):
+        hardware = record["hardware"]
+        assert record["precision"] == "fp32" and hardware["native_bf16"] is False
+        assert not {"avx512_bf16", "amx_bf16"} & set(hardware["cpu_identity"]["flags"])
+        assert hardware["cpu_identity"]["family_model_stepping"] == "25/1/1"
+    assert [r["seed"] for r in bench["runs"]] == [1, 2] and train["seed"] == 0
+    ran = recipe_to_dict(recipe_from_dict(bench["recipe_resolved"]))
+    assert ran == recipe_to_dict(load_recipe("fast94", ["device=cpu"]))
+
+
 def test_the_8_epoch_lookahead_runs_cover_seeds_0_to_4_against_the_same_baseline():
     """benchmarks/README.md pools these five seeds: 0-2 from the A/B bench against fast94 at 71143e1
     (three seeds each side), 3-4 from a later bench of the same variant."""
