@@ -22,7 +22,7 @@ import torch
 
 from cifarkit.augment.schedule import resize_size_at
 from cifarkit.config import load_recipe, recipe_to_dict
-from cifarkit.device import effective_precision, native_bf16, resolve_device, synchronize
+from cifarkit.device import effective_precision, resolve_device, synchronize
 from cifarkit.evaluate.metrics import accuracy
 from cifarkit.experiment import Experiment
 from cifarkit.fsio import check_can_write, write_json
@@ -34,9 +34,10 @@ from cifarkit.train.interrupt import Interrupted
 
 
 def yardstick_precision(device: torch.device) -> str:
-    """The precision of the matrix-multiply yardstick: bf16 where `device` has native bf16, fp32
-    elsewhere (an emulated bf16 multiply measures the emulation, under 1 GFLOP/s on an AVX2 CPU)."""
-    return "bf16" if native_bf16(device) else "fp32"
+    """The precision of the matrix-multiply yardstick: the one `train.precision: auto` trains in on
+    `device`, bf16 with native bf16 and fp32 elsewhere (an emulated bf16 multiply measures the
+    emulation, under 1 GFLOP/s on an AVX2 CPU)."""
+    return effective_precision("auto", device)
 
 
 def yardstick_key(device: torch.device) -> str:
