@@ -1,14 +1,14 @@
 """Wall-clock time of every PyTorch op on the CPU, forward and backward, without torch.profiler.
 
 torch.profiler changes what it measures on a CPU training step: on machine D its own allocations
-made each fast94 step fault in 300,000-440,000 fresh memory pages, and it charged the max-pool
-backward's zero fill with six times what the whole max-pool backward takes unprofiled
-(benchmarks/README.md, "CPU speed"). This clock is a dispatch mode instead: every ATen op that reaches the dispatcher from this thread --
-the forward, the backward (the autograd engine runs CPU work in the calling thread) and the
-optimizer -- is timed between two `perf_counter` calls around the op itself, and nothing else in
-the process changes. CPU ops are synchronous, so the interval is the op's whole cost; ops that an
-op calls inside its own kernel (a max-pool backward's zero fill) count as part of it. Not for
-GPUs, where ops only queue work.
+made each fast94 step fault in up to 430,000 fresh memory pages, and it charged the max-pool
+backward's zero fill with eight times what the whole max-pool backward takes unprofiled
+(benchmarks/README.md, "CPU speed"). This clock is a dispatch mode instead: every ATen op that
+reaches the dispatcher from this thread -- the forward, the backward (the autograd engine runs CPU
+work in the calling thread) and the optimizer -- is timed between two `perf_counter` calls around
+the op itself, and nothing else in the process changes. CPU ops are synchronous, so the interval
+is the op's whole cost; ops that an op calls inside its own kernel (a max-pool backward's zero
+fill) count as part of it. Not for GPUs, where ops only queue work.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ and which oneDNN kernels its convolutions use.
     python benchmarks/profile_step.py --recipe fast94 --set model.cpu_kernels=true --onednn
 
 Runs the real training step (Experiment, Trainer) on random images of CIFAR's shape after two
-warm-up steps. `--clock profiler` (the default) uses torch.profiler, then times as many steps
+warm-up steps, in epoch `--epoch` (0-based; fast94's epochs 3-8 are its 32x32 ones, with the
+whitening bias frozen). `--clock profiler` (the default) uses torch.profiler, then times as many steps
 again without it, so the JSON shows what profiling did to the step. `--clock dispatch` times each op
 with `op_clock.OpClock` instead, on every other step, and the steps between without it: torch.profiler
 slows some memory-bound ops of a CPU step several times over (benchmarks/README.md, "CPU speed").
@@ -39,9 +40,9 @@ from cifarkit.fsio import check_can_write, write_json  # noqa: E402
 from cifarkit.runinfo import run_record  # noqa: E402
 
 
-def build(recipe_name: str, overrides: list[str], steps: int):
+def build(recipe_name: str, overrides: list[str], steps: int, epoch: int = 0):
     recipe = load_recipe(recipe_name, ["device=cpu", *overrides])
-    return (recipe, *random_trainer(recipe, torch.device("cpu"), steps + 3))
+    return (recipe, *random_trainer(recipe, torch.device("cpu"), steps + 3, epoch))
 
 
 def run_steps(trainer, batches, count: int, first: int) -> tuple[list[float], list[int]]:
@@ -67,8 +68,8 @@ def shape_rows(seconds_by_shape: dict, total: float, steps: int) -> list[dict]:
              "share": seconds_by_shape[op, shapes] / total} for op, shapes in by_time]
 
 
-def profile_steps(recipe_name: str, overrides: list[str], steps: int) -> dict:
-    recipe, trainer, batches = build(recipe_name, overrides, steps * 2)
+def profile_steps(recipe_name: str, overrides: list[str], steps: int, epoch: int) -> dict:
+    recipe, trainer, batches = build(recipe_name, overrides, steps * 2, epoch)
     warm, _ = run_steps(trainer, batches, 2, 0)
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         timed, timed_faults = run_steps(trainer, batches, steps, 2)
@@ -80,16 +81,16 @@ def profile_steps(recipe_name: str, overrides: list[str], steps: int) -> dict:
                 for e in prof.key_averages(group_by_input_shape=True)}
     total = sum(seconds.values())
     return {
-        "recipe": recipe_name, "overrides": overrides, "clock": "profiler", "warmup_step_seconds": warm,
+        "recipe": recipe_name, "overrides": overrides, "epoch": epoch, "clock": "profiler", "warmup_step_seconds": warm,
         "profiled_step_seconds": timed, "unprofiled_step_seconds": unprofiled,
         "profiled_step_minor_page_faults": timed_faults, "unprofiled_step_minor_page_faults": unprofiled_faults,
         "ops": op_rows(seconds, calls, total, steps), "ops_by_shape": shape_rows(by_shape, total, steps),
     }
 
 
-def clock_steps(recipe_name: str, overrides: list[str], steps: int) -> dict:
+def clock_steps(recipe_name: str, overrides: list[str], steps: int, epoch: int) -> dict:
     """Steps timed op by op (OpClock) alternating with plain steps, plain first."""
-    recipe, trainer, batches = build(recipe_name, overrides, steps * 2)
+    recipe, trainer, batches = build(recipe_name, overrides, steps * 2, epoch)
     warm, _ = run_steps(trainer, batches, 2, 0)
     clock, plain, clocked, plain_faults, clocked_faults = OpClock(), [], [], [], []
     for i in range(2, 2 + 2 * steps, 2):
@@ -102,7 +103,7 @@ def clock_steps(recipe_name: str, overrides: list[str], steps: int) -> dict:
         clocked_faults += faults
     total = clock.total_seconds()
     return {
-        "recipe": recipe_name, "overrides": overrides, "clock": "dispatch", "warmup_step_seconds": warm,
+        "recipe": recipe_name, "overrides": overrides, "epoch": epoch, "clock": "dispatch", "warmup_step_seconds": warm,
         "profiled_step_seconds": clocked, "unprofiled_step_seconds": plain,
         "profiled_step_minor_page_faults": clocked_faults, "unprofiled_step_minor_page_faults": plain_faults,
         "op_seconds_share_of_profiled_steps": total / sum(clocked),
@@ -111,11 +112,11 @@ def clock_steps(recipe_name: str, overrides: list[str], steps: int) -> dict:
     }
 
 
-def onednn_kernels(recipe_name: str, overrides: list[str]) -> dict:
+def onednn_kernels(recipe_name: str, overrides: list[str], epoch: int) -> dict:
     """Convolution and reorder primitives oneDNN ran in one training step, counted by implementation."""
     code = (f"import sys; sys.path[:0] = {[str(ROOT / 'src'), str(ROOT / 'benchmarks')]!r}\n"
             "from profile_step import build, run_steps\n"
-            f"_, trainer, batches = build({recipe_name!r}, {overrides!r}, 1)\n"
+            f"_, trainer, batches = build({recipe_name!r}, {overrides!r}, 1, {epoch!r})\n"
             "run_steps(trainer, batches, 2, 0)\nprint('=== measured step ===', flush=True)\n"
             "run_steps(trainer, batches, 1, 2)\n")
     env = {**os.environ, "ONEDNN_VERBOSE": "1"}
@@ -139,6 +140,8 @@ def main() -> None:
     parser.add_argument("--recipe", default="fast94")
     parser.add_argument("--set", action="append", default=[])
     parser.add_argument("--steps", type=int, default=3, help="steps measured (and as many without the clock)")
+    parser.add_argument("--epoch", type=int, default=0,
+                        help="time steps of this (0-based) epoch: its image size, its frozen parameters")
     parser.add_argument("--clock", choices=["profiler", "dispatch"], default="profiler",
                         help="torch.profiler, or op_clock.OpClock (each op's wall time; no profiler)")
     parser.add_argument("--onednn", action="store_true", help="also count oneDNN's kernels (ONEDNN_VERBOSE)")
@@ -147,9 +150,9 @@ def main() -> None:
     if args.json:
         check_can_write(args.json)        # now, not after the minutes of timing
     measure = profile_steps if args.clock == "profiler" else clock_steps
-    result = measure(args.recipe, args.set, args.steps)
+    result = measure(args.recipe, args.set, args.steps, args.epoch)
     if args.onednn:
-        result["onednn_primitives_per_step"] = onednn_kernels(args.recipe, args.set)
+        result["onednn_primitives_per_step"] = onednn_kernels(args.recipe, args.set, args.epoch)
     for with_or_without, key in (("with", "profiled"), ("without", "unprofiled")):
         print(f"steps {with_or_without} the {args.clock}: seconds {[round(s, 3) for s in result[f'{key}_step_seconds']]}, "
               f"minor page faults {result[f'{key}_step_minor_page_faults']}")

@@ -34,10 +34,19 @@ from cifarkit.runinfo import run_record  # noqa: E402
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
+    """NAME=OVERRIDE[,OVERRIDE...]; commas inside brackets belong to a value ('model.widths=[8,16,16]')."""
     name, sep, overrides = text.partition("=")
     if not sep or not name:
         raise SystemExit(f"--variant needs NAME=OVERRIDES (overrides may be empty), got {text!r}")
-    return name, [o for o in overrides.split(",") if o]
+    parts, depth, current = [], 0, ""
+    for char in overrides:
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    return name, [o for o in [*parts, current] if o]
 
 
 def main() -> None:
@@ -45,6 +54,8 @@ def main() -> None:
     parser.add_argument("--recipe", default="fast94")
     parser.add_argument("--variant", action="append", required=True, help="NAME=OVERRIDE[,OVERRIDE...]")
     parser.add_argument("--rounds", type=int, default=6, help="rounds counted, after one warm-up round")
+    parser.add_argument("--epoch", type=int, default=0,
+                        help="time steps of this (0-based) epoch: its image size, its frozen parameters")
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args()
     check_can_write(args.json)            # now, not after the minutes of timing
@@ -52,7 +63,7 @@ def main() -> None:
     trainers = {}
     for name, overrides in variants.items():
         recipe = load_recipe(args.recipe, ["device=cpu", *overrides])
-        trainers[name] = random_trainer(recipe, torch.device("cpu"), args.rounds + 2)
+        trainers[name] = random_trainer(recipe, torch.device("cpu"), args.rounds + 2, args.epoch)
     before = matmul_gflops(torch.device("cpu"))
     seconds = {name: [] for name in variants}
     faults = {name: [] for name in variants}
@@ -66,7 +77,7 @@ def main() -> None:
     after = matmul_gflops(torch.device("cpu"))
     first = next(iter(variants))
     medians = {name: statistics.median(s) for name, s in seconds.items()}
-    result = {"recipe": args.recipe, "variants": variants, "rounds": args.rounds,
+    result = {"recipe": args.recipe, "variants": variants, "epoch": args.epoch, "rounds": args.rounds,
               "minor_page_faults_per_step": faults,
               "threading_environment": {k: v for k, v in os.environ.items() if k.startswith(("OMP_", "KMP_", "GOMP_"))},
               "step_seconds": seconds, "median_step_seconds": medians,

@@ -42,13 +42,16 @@ def random_data(n: int, n_val: int) -> PreparedData:
     return PreparedData(arrays, np.arange(n), np.arange(n, n + n_val), CIFAR10_MEAN, CIFAR10_STD)
 
 
-def random_trainer(recipe: Recipe, device: torch.device, batches: int):
+def random_trainer(recipe: Recipe, device: torch.device, batches: int, epoch: int = 0):
     """A trainer for `recipe` that writes nothing, on `batches` batches of random images, and an
-    iterator over its first epoch's batches."""
+    iterator over the batches of epoch `epoch` (0-based). The model and the loader are set to that
+    epoch as the training loop sets them: its image size (augment.resize_schedule) and, for
+    fastnet, whether the whitening bias still learns."""
     experiment = Experiment(recipe, device=device, log=lambda m: None)
     experiment.data = random_data(recipe.train.batch_size * batches, 100 if recipe.data.val_size else 0)
     trainer = experiment.build_trainer(run=None, progress=False)
-    trainer.train_loader.set_epoch(0)
+    trainer.model.set_epoch(epoch)
+    trainer.train_loader.set_epoch(epoch)
     return trainer, iter(trainer.train_loader)
 
 

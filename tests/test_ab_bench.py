@@ -103,3 +103,30 @@ def test_precision_speed_measures_both_precisions_and_names_the_machine(tmp_path
         assert speed["bf16_over_fp32"][kind] == speed[kind]["bf16"] / speed[kind]["fp32"]
     assert speed["native_bf16"] == speed["hardware"]["native_bf16"]
     assert speed["matmul_size"] == 64 and "torch" in speed["versions"]
+
+
+def test_step_ab_times_the_epoch_it_is_asked_for(tmp_path):
+    # fast94's epoch 3 is its first at 32x32 and its first with the whitening bias frozen; step_ab
+    # and profile_step time such steps with --epoch 3 instead of pretending with overrides
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import torch
+    from throughput import random_trainer
+
+    from cifarkit.config import load_recipe
+    recipe = load_recipe("fast94", ["device=cpu", "train.batch_size=32", "train.micro_batch=16", "model.widths=[8,16,16]"])
+    seen = {}
+    for epoch in (0, 3):
+        trainer, batches = random_trainer(recipe, torch.device("cpu"), 2, epoch)
+        seen[epoch] = (next(batches)[0].shape[-1], trainer.model.whiten.bias.requires_grad)
+    assert seen == {0: (24, True), 3: (32, False)}
+
+    out = tmp_path / "steps.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "step_ab.py"), "--recipe", "fast94", "--epoch", "3",
+               "--rounds", "1", "--variant", "tiny=train.batch_size=32,train.micro_batch=16,model.widths=[8,16,16]",
+               "--variant", "tiny_plain=train.batch_size=32,train.micro_batch=16,model.widths=[8,16,16],model.cpu_kernels=false",
+               "--json", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    steps = json.loads(out.read_text())
+    assert steps["epoch"] == 3 and set(steps["median_step_seconds"]) == {"tiny", "tiny_plain"}
+    assert steps["ratio_to_tiny"]["tiny"] == 1 and all(len(s) == 1 for s in steps["step_seconds"].values())
