@@ -29,3 +29,28 @@ def test_every_builtin_recipe_has_a_row_with_its_parameters_and_epochs():
         recipe = load_recipe(name)
         model = build_model(recipe.model, recipe.data.num_classes)
         assert (count_parameters(model), recipe.train.epochs) == (parameters, epochs), name
+
+
+def reference_rows() -> dict[str, str]:
+    """{recipe name: its row} from the README's reference-recipe table (a row may name two recipes)."""
+    header = "| recipe | what it is | its claim | measured here | deviations from the original code |"
+    table = README.read_text().split(header, 1)[1].split("\n\n", 1)[0]
+    rows = {}
+    for line in table.splitlines():
+        first = line.strip().strip("|").split("|")[0]
+        for name in re.findall(r"`([\w-]+)`", first):
+            rows[name] = line
+    return rows
+
+
+def test_the_reference_table_says_which_ema_each_recipe_keeps():
+    # The table once called the kept EMA "pending" after the recipes already kept it as the originals
+    # did; each row now names its recipe's setting, and this keeps the two in step.
+    rows = reference_rows()
+    assert {"seed000", "seed001", "seed002", "seed003", "seed004"} <= set(rows)
+    for name, row in rows.items():
+        keep = load_recipe(name).train.ema_keep
+        if keep == "last":
+            assert "ema_keep" not in row, name
+        else:
+            assert f"`train.ema_keep: {keep}`" in row, name
