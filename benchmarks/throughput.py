@@ -26,6 +26,7 @@ from cifarkit.data.cifar import CifarArrays
 from cifarkit.data.loader import CIFAR10_MEAN, CIFAR10_STD
 from cifarkit.data.prepare import PreparedData
 from cifarkit.device import resolve_device, synchronize
+from cifarkit.errors import ConfigError
 from cifarkit.exits import run_command
 from cifarkit.experiment import Experiment
 from cifarkit.fsio import check_can_write, write_json
@@ -47,6 +48,8 @@ def random_trainer(recipe: Recipe, device: torch.device, batches: int, epoch: in
     iterator over the batches of epoch `epoch` (0-based). The model and the loader are set to that
     epoch as the training loop sets them: its image size (augment.resize_schedule) and, for
     fastnet, whether the whitening bias still learns."""
+    if not 0 <= epoch < recipe.train.epochs:
+        raise ConfigError(f"epoch {epoch} is not one of the recipe's epochs 0-{recipe.train.epochs - 1}")
     experiment = Experiment(recipe, device=device, log=lambda m: None)
     experiment.data = random_data(recipe.train.batch_size * batches, 100 if recipe.data.val_size else 0)
     trainer = experiment.build_trainer(run=None, progress=False)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from cifarkit.bench import yardstick
+from cifarkit.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,6 +120,8 @@ def test_step_ab_times_the_epoch_it_is_asked_for(tmp_path):
         trainer, batches = random_trainer(recipe, torch.device("cpu"), 2, epoch)
         seen[epoch] = (next(batches)[0].shape[-1], trainer.model.whiten.bias.requires_grad)
     assert seen == {0: (24, True), 3: (32, False)}
+    with pytest.raises(ConfigError, match="epoch 9 is not one of the recipe's epochs 0-8"):
+        random_trainer(recipe, torch.device("cpu"), 2, 9)
 
     out = tmp_path / "steps.json"
     command = [sys.executable, str(ROOT / "benchmarks" / "step_ab.py"), "--recipe", "fast94", "--epoch", "3",
