@@ -10,12 +10,15 @@ from cifarkit.models.registry import build_model, count_parameters
 README = Path(__file__).parents[1] / "README.md"
 
 
+def table_lines(header: str) -> list[str]:
+    """The lines of the README table under `header`, up to the blank line that ends it."""
+    return README.read_text().split(header, 1)[1].split("\n\n", 1)[0].splitlines()
+
+
 def recipe_rows() -> dict[str, tuple[int, int]]:
     """{name: (parameters, epochs)} from the rows of the README's Recipes table."""
-    header = "| recipe | model | parameters | epochs | what it is |"
-    table = README.read_text().split(header, 1)[1].split("\n\n", 1)[0]
     rows = {}
-    for line in table.splitlines():
+    for line in table_lines("| recipe | model | parameters | epochs | what it is |"):
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) == 5 and re.fullmatch(r"`[\w-]+`", cells[0]):
             rows[cells[0].strip("`")] = (int(cells[2].replace(",", "")), int(cells[3]))
@@ -33,10 +36,8 @@ def test_every_builtin_recipe_has_a_row_with_its_parameters_and_epochs():
 
 def reference_rows() -> dict[str, str]:
     """{recipe name: its row} from the README's reference-recipe table (a row may name two recipes)."""
-    header = "| recipe | what it is | its claim | measured here | deviations from the original code |"
-    table = README.read_text().split(header, 1)[1].split("\n\n", 1)[0]
     rows = {}
-    for line in table.splitlines():
+    for line in table_lines("| recipe | what it is | its claim | measured here | deviations from the original code |"):
         first = line.strip().strip("|").split("|")[0]
         for name in re.findall(r"`([\w-]+)`", first):
             rows[name] = line
