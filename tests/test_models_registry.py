@@ -65,6 +65,19 @@ def test_summarize_with_torchinfo_matches_reference_002(model_002):
     assert all(torch.equal(before[k], v) for k, v in model_002.state_dict().items())
 
 
+def test_fastnet_summary_lists_every_convolution_with_its_multiply_adds():
+    # FastNet's convolutions sit in lists its groups re-enter in turn; the table must show each
+    # of them, not torchinfo's "(recursive)" container rows in their place.
+    table = summarize(build_model(FastNetSpec())).table
+    assert "(recursive)" not in table and "Mult-Adds" in table
+    convs = [line for line in table.splitlines() if "DiracConv" in line]
+    assert len(convs) == 6
+    # The second group's first convolution: 64 -> 256 channels, 3x3, on the 15x15 map before its pool.
+    assert "[1, 256, 15, 15]" in convs[2]
+    params, mult_adds = convs[2].split()[-2:]
+    assert params == f"{64 * 256 * 9:,}" and mult_adds == f"{64 * 256 * 9 * 15 * 15:,}"
+
+
 def test_flops_per_image_by_hand_and_per_image():
     conv = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.Flatten(), nn.Linear(8 * 32 * 32, 10))
     expected = 2 * (3 * 8 * 9 * 32 * 32) + 2 * (8 * 32 * 32 * 10)

@@ -93,6 +93,7 @@ class FastNet(TrainableModel):
     """Input float (B, 3, 32, 32) normalized, any memory format; output scaled logits (B, num_classes)."""
 
     prepare_images = 5000      # the whitening filters come from the patches of this many training images
+    summary_depth = 4          # its convolutions sit one level down, in each ConvGroup's lists
 
     def __init__(self, spec: FastNetSpec, num_classes: int = 10):
         super().__init__()

@@ -44,7 +44,7 @@ def check_budget(model: nn.Module, budget: int, allow_over: bool = False) -> int
 
 @dataclass
 class ModelSummary:
-    table: str             # torchinfo's layer table
+    table: str             # torchinfo's layer table: output shape, parameters and multiply-adds per layer
     total_params: int
     trainable_params: int
     mult_adds: int         # multiply-adds of one forward pass at input_size
@@ -54,7 +54,11 @@ def summarize(model: nn.Module, input_size: InputSize = (1, 3, 32, 32), device: 
     """torchinfo's layer table and totals for one forward pass; the model itself is left untouched
     (a copy runs)."""
     probe = copy.deepcopy(model).to(device).eval()
-    stats = torchinfo.summary(probe, input_size=input_size, depth=3, device=device, verbose=0)
+    # Hiding torchinfo's "(recursive)" rows drops the containers a model re-enters (FastNet's
+    # conv and norm lists, used in turn) and keeps the layers inside them.
+    stats = torchinfo.summary(probe, input_size=input_size, depth=getattr(model, "summary_depth", 3),
+                              device=device, verbose=0, col_names=("output_size", "num_params", "mult_adds"),
+                              row_settings=("var_names", "hide_recursive_layers"))
     return ModelSummary(table=str(stats), total_params=int(stats.total_params),
                         trainable_params=int(stats.trainable_params), mult_adds=int(stats.total_mult_adds))
 

@@ -28,6 +28,8 @@ def scaled_group(params: list[nn.Parameter], scale: float, weight_decay: float) 
 class TrainableModel(nn.Module):
     """Base class of cifarkit's models: the defaults suit any network."""
 
+    summary_depth = 3   # how deep `cifarkit summary`'s layer table goes: down to the layers that matter
+
     def param_groups(self, cfg: TrainConfig, steps_per_epoch: int) -> dict[str, dict]:
         """BatchNorm biases at `bias_lr_scale` x the learning rate when that is not 1."""
         if cfg.bias_lr_scale == 1.0:
