@@ -26,8 +26,9 @@ sys.exit(main(sys.argv[1:]))
 def cli_child(args, patch: str = "", threads: int = 1, **kw) -> subprocess.Popen:
     """`cifarkit ARGS` in a new Python process, after running `patch` (module-level code)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    streams = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **kw}     # `kw` may give its own
     return subprocess.Popen([sys.executable, "-c", _CHILD.format(patch=patch), *map(str, args)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+                            text=True, **streams)
 
 
 def error_line(capsys, argv) -> tuple[int, str]:

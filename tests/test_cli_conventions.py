@@ -5,6 +5,7 @@ before any work, and an interrupted bench that keeps what it measured."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 
@@ -138,6 +139,27 @@ def test_log_lines_reach_a_pipe_while_training_runs(tmp_path, fake_cifar):
     finally:
         proc.kill()
         proc.communicate()
+
+
+def test_a_pipe_closed_by_its_reader_ends_the_command_silently_with_141():
+    # `cifarkit recipes | head -1`: the reader is gone before the listing is written.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = child(["recipes"], stdout=write_end)
+    finally:
+        os.close(write_end)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGPIPE and err == "", err
+
+
+def test_a_broken_pipe_that_is_not_stdout_is_still_an_error_line():
+    # Stdout is open (this test reads it): another pipe broke, and the user has to hear of it.
+    broken = "import cifarkit.cli as c\ndef cmd(args):\n    raise BrokenPipeError(32, 'Broken pipe')\n" \
+             "c.cmd_recipes = cmd\n"
+    proc = child(["recipes"], patch=broken)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 9 and err.strip() == "cifarkit: error: Broken pipe", err
 
 
 # -- one process per run --------------------------------------------------------------------------

@@ -1,7 +1,11 @@
-"""The README's Recipes table is what users read before choosing one: every built-in recipe has a
-row, and its parameter count and epochs are the recipe's own."""
+"""The README's tables say what users rely on: every built-in recipe has a row in the Recipes table,
+with the recipe's own parameter count and epochs; the reference rows name the EMA each recipe
+keeps; the bad-input and fault suites have as many cases as the table says."""
 
 import re
+import subprocess
+import sys
+from collections import Counter
 from pathlib import Path
 
 from cifarkit.config import builtin_recipe_names, load_recipe
@@ -55,3 +59,17 @@ def test_the_reference_table_says_which_ema_each_recipe_keeps():
             assert "ema_keep" not in row, name
         else:
             assert f"`train.ema_keep: {keep}`" in row, name
+
+
+def test_the_suite_table_counts_each_suites_cases():
+    claimed = {}
+    for line in table_lines("| suite | cases | what every case asserts |"):
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and re.fullmatch(r"`tests/\w+\.py`", cells[0]):
+            claimed[cells[0].strip("`")] = int(cells[1])
+    assert len(claimed) >= 5, "the suite table was not found: this test checks nothing"
+    root = README.parent
+    listing = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", *claimed],
+                             cwd=root, capture_output=True, text=True, check=True).stdout
+    collected = Counter(line.split("::", 1)[0] for line in listing.splitlines() if "::" in line)
+    assert dict(collected) == claimed

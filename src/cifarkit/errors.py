@@ -13,6 +13,7 @@ Exit codes, so that scripts can tell failures apart (documented in the README):
     8    training diverged: non-finite loss or gradients
     9    file system: an output cannot be written (disk full, permissions)
     130  interrupted by SIGINT (Ctrl-C); 143 by SIGTERM
+    141  stdout was a pipe whose reader went away (`| head`): ends silently, as shell tools do
 """
 
 EXIT_USAGE = 2

@@ -4,6 +4,9 @@ benchmarks/ end the same way."""
 
 from __future__ import annotations
 
+import os
+import select
+import signal
 import sys
 from typing import Callable
 
@@ -23,6 +26,10 @@ def run_command(prog: str, command: Callable[[], int | None]) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError as e:
+        if not stdout_reader_gone():
+            return fail(e.strerror or str(e), OutputError.exit_code)
+        return 128 + signal.SIGPIPE   # as a shell tool ends when the pipe's reader went (`| head`): silently
     except MemoryError:
         return fail("out of memory; lower train.batch_size (or train.micro_batch) and eval.batch_size with --set",
                     EXIT_OUT_OF_MEMORY)
@@ -41,3 +48,22 @@ def is_out_of_memory(error: RuntimeError) -> bool:
     import torch
     oom = getattr(torch, "OutOfMemoryError", None)
     return (oom is not None and isinstance(error, oom)) or "can't allocate memory" in str(error)
+
+
+def stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (`cifarkit recipes | head`). Then stdout
+    is pointed at /dev/null, so that the interpreter's last flush does not fail on it again."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):   # replaced by an object without a descriptor
+        return False
+    if not hasattr(select, "poll"):
+        return False
+    poller = select.poll()
+    poller.register(fd, 0)                           # POLLERR is reported for a pipe with no reader
+    if not any(events & select.POLLERR for _, events in poller.poll(0)):
+        return False
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+    return True
