@@ -60,7 +60,7 @@ def summarize(runs: list[dict]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipe", default="fast94")
     parser.add_argument("--baseline", required=True, help="the commit to compare against")
     parser.add_argument("--baseline-recipe", help="the recipe's name at that commit (default: --recipe)")

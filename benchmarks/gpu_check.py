@@ -206,7 +206,7 @@ def measure_models() -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, required=True, help="CIFAR-10 archive or folder")
     parser.add_argument("--out", type=Path, required=True, help="folder for the JSON files and logs")
     parser.add_argument("--budget-s", type=float, default=540.0, help="seconds for everything (default 540)")

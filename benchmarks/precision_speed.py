@@ -62,7 +62,7 @@ def conv_gflops(precision: str, rounds: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", type=Path, required=True)
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds of the convolution")
     parser.add_argument("--matmul-size", type=int, default=1024,

@@ -136,7 +136,7 @@ def onednn_kernels(recipe_name: str, overrides: list[str], epoch: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipe", default="fast94")
     parser.add_argument("--set", action="append", default=[])
     parser.add_argument("--steps", type=int, default=3, help="steps measured (and as many without the clock)")

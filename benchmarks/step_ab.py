@@ -50,7 +50,7 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipe", default="fast94")
     parser.add_argument("--variant", action="append", required=True, help="NAME=OVERRIDE[,OVERRIDE...]")
     parser.add_argument("--rounds", type=int, default=6, help="rounds counted, after one warm-up round")

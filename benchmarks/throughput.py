@@ -102,7 +102,7 @@ def measure(recipe_name: str, batch: int, device: torch.device, steps: int, warm
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipe", nargs="+", default=["seed002", "seed004"])
     parser.add_argument("--batch", type=int, nargs="+", default=[128, 512])
     parser.add_argument("--device", default="auto")

@@ -137,7 +137,7 @@ def check_variants(variants: dict = VARIANTS, images: int = 50, tolerance: float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipe", default="fast94")
     parser.add_argument("--variant", action="append", choices=sorted(VARIANTS),
                         help="variants to time (default: all)")
