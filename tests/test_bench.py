@@ -154,6 +154,25 @@ def test_the_fp32_runs_on_d_are_fast94_as_it_is_on_a_cpu_without_native_bf16():
     assert ran == recipe_to_dict(load_recipe("fast94", ["device=cpu"]))
 
 
+def test_seed_0_on_d_reproduced_from_a_fresh_clone_to_the_last_metric():
+    """The README's main job, rerun on D from a fresh clone of a later commit, gave the same test
+    results as the first seed-0 run there: every metric of summary.json, not only the accuracy.
+    Only the times, the commit and the run's folder may differ."""
+    first, again = (RESULTS / "fast94-cpu-D-train", RESULTS / "fast94-cpu-D-train-cbd9d50")
+    runs = [json.loads((d / "run.json").read_text()) for d in (first, again)]
+    assert runs[0]["git_commit"] != runs[1]["git_commit"]
+    for run in runs:
+        assert run["seed"] == 0 and run["precision"] == "fp32"
+        assert run["hardware"]["cpu_identity"]["family_model_stepping"] == "25/1/1"
+    summaries = [json.loads((d / "summary.json").read_text()) for d in (first, again)]
+    varying = {"eval_seconds", "git_commit", "run", "train_seconds"}
+
+    def results(summary: dict) -> dict:
+        return {k: results(v) if isinstance(v, dict) else v for k, v in summary.items() if k not in varying}
+    assert results(summaries[0]) == results(summaries[1])
+    assert summaries[1]["test_accuracy"] == 0.9415
+
+
 def test_the_8_epoch_lookahead_runs_cover_seeds_0_to_4_against_the_same_baseline():
     """benchmarks/README.md pools these five seeds: 0-2 from the A/B bench against fast94 at 71143e1
     (three seeds each side), 3-4 from a later bench of the same variant."""
