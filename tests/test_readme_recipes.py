@@ -19,13 +19,18 @@ def table_lines(header: str) -> list[str]:
     return README.read_text().split(header, 1)[1].split("\n\n", 1)[0].splitlines()
 
 
+def cells(line: str) -> list[str]:
+    """The stripped cells of one table row."""
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
 def recipe_rows() -> dict[str, tuple[int, int]]:
     """{name: (parameters, epochs)} from the rows of the README's Recipes table."""
     rows = {}
     for line in table_lines("| recipe | model | parameters | epochs | what it is |"):
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 5 and re.fullmatch(r"`[\w-]+`", cells[0]):
-            rows[cells[0].strip("`")] = (int(cells[2].replace(",", "")), int(cells[3]))
+        row = cells(line)
+        if len(row) == 5 and re.fullmatch(r"`[\w-]+`", row[0]):
+            rows[row[0].strip("`")] = (int(row[2].replace(",", "")), int(row[3]))
     return rows
 
 
@@ -42,8 +47,7 @@ def reference_rows() -> dict[str, str]:
     """{recipe name: its row} from the README's reference-recipe table (a row may name two recipes)."""
     rows = {}
     for line in table_lines("| recipe | what it is | its claim | measured here | deviations from the original code |"):
-        first = line.strip().strip("|").split("|")[0]
-        for name in re.findall(r"`([\w-]+)`", first):
+        for name in re.findall(r"`([\w-]+)`", cells(line)[0]):
             rows[name] = line
     return rows
 
@@ -64,9 +68,9 @@ def test_the_reference_table_says_which_ema_each_recipe_keeps():
 def test_the_suite_table_counts_each_suites_cases():
     claimed = {}
     for line in table_lines("| suite | cases | what every case asserts |"):
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 3 and re.fullmatch(r"`tests/\w+\.py`", cells[0]):
-            claimed[cells[0].strip("`")] = int(cells[1])
+        row = cells(line)
+        if len(row) == 3 and re.fullmatch(r"`tests/\w+\.py`", row[0]):
+            claimed[row[0].strip("`")] = int(row[1])
     assert len(claimed) >= 5, "the suite table was not found: this test checks nothing"
     root = README.parent
     listing = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", *claimed],

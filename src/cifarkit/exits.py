@@ -26,14 +26,12 @@ def run_command(prog: str, command: Callable[[], int | None]) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError as e:
-        if not stdout_reader_gone():
-            return fail(e.strerror or str(e), OutputError.exit_code)
-        return 128 + signal.SIGPIPE   # as a shell tool ends when the pipe's reader went (`| head`): silently
     except MemoryError:
         return fail("out of memory; lower train.batch_size (or train.micro_batch) and eval.batch_size with --set",
                     EXIT_OUT_OF_MEMORY)
     except OSError as e:          # disk full, permissions, ...: files are written atomically, so nothing is torn
+        if isinstance(e, BrokenPipeError) and stdout_reader_gone():
+            return 128 + signal.SIGPIPE   # as a shell tool ends when the pipe's reader went (`| head`): silently
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""
         return fail(f"{where}{e.strerror or e}", OutputError.exit_code)
     except RuntimeError as e:

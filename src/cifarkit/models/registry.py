@@ -56,7 +56,7 @@ def summarize(model: nn.Module, input_size: InputSize = (1, 3, 32, 32), device: 
     probe = copy.deepcopy(model).to(device).eval()
     # Hiding torchinfo's "(recursive)" rows drops the containers a model re-enters (FastNet's
     # conv and norm lists, used in turn) and keeps the layers inside them.
-    stats = torchinfo.summary(probe, input_size=input_size, depth=getattr(model, "summary_depth", 3),
+    stats = torchinfo.summary(probe, input_size=input_size, depth=getattr(model, "summary_depth", TrainableModel.summary_depth),
                               device=device, verbose=0, col_names=("output_size", "num_params", "mult_adds"),
                               row_settings=("var_names", "hide_recursive_layers"))
     return ModelSummary(table=str(stats), total_params=int(stats.total_params),
